@@ -1,0 +1,31 @@
+# Two commands: `make book` builds the website (executing every chapter in the quick profile),
+# `make test` runs the whole test suite. Both create .venv and install the kit first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# The exact versions CI tests with; pyproject.toml keeps open ranges for Colab.
+PINS   := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: book test install bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(PINS) -e ".[book,test]"
+	touch $@
+
+book: install
+	$(PY) -m fmlab assign labs --out book/labs --no-prove
+	FMLAB_PROFILE=quick $(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@echo "The website is in _build/html/index.html"
+
+test: install
+	FMLAB_PROFILE=quick $(PY) -m pytest
+
+bench: install
+	FMLAB_PROFILE=quick $(PY) benchmarks/bench_train.py
+
+clean:
+	rm -rf _build book/labs

@@ -1,0 +1,207 @@
+"""How a lab's questions are written down: the format of ``labs/checks/<lab>.py``.
+
+Explained for instructors in book/instructors.md.
+
+A checks file is trusted instructor code. It defines ``QUESTIONS``, a list of
+:class:`Question`. Each question splits its work in two halves that run in different
+processes when CI grades a submission:
+
+* ``run(ns, case)`` runs in the **child**, next to the student's code. ``ns`` is the namespace
+  the student's notebook built; ``case`` is a dict of plain data the parent chose. It calls the
+  student's function and returns plain data only (tensors, numbers, strings, lists, dicts).
+* ``grade(case, got)`` runs in the **parent**. It computes the reference itself and returns a
+  :class:`Result`. The student's code never sees it, and ``got`` is always plain data.
+
+``cases()`` returns the public cases (a list of dicts of plain data). A hidden-tests folder
+holds a file of the same name that defines ``HIDDEN = {"q1": [case, ...], ...}``: more cases
+for the same questions, run through the same ``run`` and ``grade``. A case may carry a
+``"name"`` key, which messages quote.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+Data = Any  # tensors, numbers, str, None, and lists/tuples/dicts of those
+
+
+@dataclass
+class Result:
+    """The outcome of one case: ``score`` in [0, 1] and a message that explains it."""
+
+    score: float
+    message: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.score >= 1.0
+
+    @classmethod
+    def ok(cls, message: str = "ok") -> "Result":
+        return cls(1.0, message)
+
+    @classmethod
+    def fail(cls, message: str) -> "Result":
+        return cls(0.0, message)
+
+
+@dataclass
+class Question:
+    """One graded exercise. See the module docstring for who runs what."""
+
+    id: str
+    points: float
+    title: str
+    requires: tuple[str, ...]
+    run: Callable[[dict, dict], Data]
+    grade: Callable[[dict, Data], Result]
+    cases: Callable[[], list[dict]]
+    timeout: float = 30.0  # seconds per case, in the child
+    extra: dict = field(default_factory=dict)
+
+
+def case_name(case: dict, index: int) -> str:
+    return str(case.get("name", f"case {index + 1}"))
+
+
+def load_module(path: str | Path, name: str | None = None):
+    """Import a checks or hidden-tests file by path (their names start with digits)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checks file at {path}")
+    mod_name = name or f"fmlab_checks_{path.stem.replace('-', '_')}_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_questions(path: str | Path) -> list[Question]:
+    module = load_module(path)
+    questions = getattr(module, "QUESTIONS", None)
+    if not questions or not all(isinstance(q, Question) for q in questions):
+        raise ValueError(f"{path} must define QUESTIONS, a non-empty list of fmlab.grading.Question")
+    ids = [q.id for q in questions]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: duplicate question ids in {ids}")
+    return questions
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain data: what may cross from the child to the parent.
+# ---------------------------------------------------------------------------------------------
+
+class NotData(TypeError):
+    """A value that is not plain data (it could carry code or lie about equality)."""
+
+
+def to_data(value: Any, _depth: int = 0) -> Data:
+    """Convert a student's return value to plain data, or raise :class:`NotData`.
+
+    Tensors are detached and moved to the CPU (their dtype is kept, so graders can check it).
+    ``nn.Module`` results must be turned into ``state_dict()`` by the question's ``run``.
+    Only exact built-in types pass: a subclass of ``float`` or ``list`` could override ``__eq__``.
+    """
+    if _depth > 20:
+        raise NotData("nested more than 20 levels deep")
+    t = type(value)
+    if value is None or t in (bool, int, float, str):
+        return value
+    if t is torch.Tensor or t is torch.nn.Parameter:
+        return value.detach().to("cpu").clone()
+    if t in (list, tuple):
+        return t(to_data(v, _depth + 1) for v in value)
+    if t is dict or t.__name__ == "OrderedDict" and isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if type(k) not in (str, int):
+                raise NotData(f"dict key of type {type(k).__name__}; use str or int keys")
+            out[k] = to_data(v, _depth + 1)
+        return out
+    if t.__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if t.__module__ == "numpy" and t.__name__ == "ndarray":
+        return torch.from_numpy(value.copy())
+    raise NotData(f"a value of type {t.__module__}.{t.__qualname__}, which is not plain data")
+
+
+def describe(value: Data) -> str:
+    """A short description for messages: type, shape, dtype."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of length {len(value)}"
+    return f"{type(value).__name__} {value!r}"[:200]
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparators: parent-side checks that explain what differs.
+# ---------------------------------------------------------------------------------------------
+
+def expect_close(got: Data, expected: torch.Tensor, *, atol: float = 1e-6, rtol: float = 1e-5,
+                 check_dtype: bool = True, what: str = "the result") -> Result:
+    """Pass when ``got`` is a tensor of the expected shape (and dtype) within tolerance."""
+    if not isinstance(expected, torch.Tensor):
+        expected = torch.as_tensor(expected)
+    if isinstance(got, (int, float)) and not isinstance(got, bool) and expected.numel() == 1:
+        got = torch.tensor(got, dtype=expected.dtype)
+    if not isinstance(got, torch.Tensor):
+        return Result.fail(f"{what} should be a tensor of shape {tuple(expected.shape)}, got {describe(got)}")
+    if tuple(got.shape) != tuple(expected.shape):
+        if got.numel() == expected.numel() == 1:
+            got = got.reshape(expected.shape)
+        else:
+            return Result.fail(f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
+    if check_dtype and got.dtype != expected.dtype:
+        return Result.fail(f"{what} has dtype {got.dtype}, expected {expected.dtype}")
+    if not got.dtype.is_floating_point and expected.dtype.is_floating_point:
+        got = got.to(expected.dtype)
+    g, e = got.double(), expected.double()
+    if not torch.isfinite(g).all() and torch.isfinite(e).all():
+        bad = (~torch.isfinite(g)).sum().item()
+        return Result.fail(f"{what} has {bad} non-finite value(s) (nan or inf); expected all finite")
+    if torch.allclose(g, e, atol=atol, rtol=rtol, equal_nan=True):
+        return Result.ok()
+    diff = (g - e).abs()
+    idx = int(diff.flatten().nan_to_num(math.inf).argmax())
+    return Result.fail(
+        f"{what} differs: largest error {diff.flatten()[idx].item():.3g} at flat index {idx} "
+        f"(got {g.flatten()[idx].item():.6g}, expected {e.flatten()[idx].item():.6g}; "
+        f"tolerance atol={atol:g}, rtol={rtol:g})"
+    )
+
+
+def expect_equal(got: Data, expected: Data, what: str = "the result") -> Result:
+    """Exact equality of plain data (tuples and lists are interchangeable)."""
+    def norm(v):
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        if isinstance(v, torch.Tensor):
+            return v.tolist()
+        return v
+
+    if type(got) is bool or type(expected) is bool:
+        same = type(got) is type(expected) and got == expected
+    else:
+        same = norm(got) == norm(expected)
+    return Result.ok() if same else Result.fail(f"{what}: got {describe(got)}, expected {expected!r}")
+
+
+def expect_state_dict(got: Data, model: torch.nn.Module, what: str = "the returned weights") -> Result:
+    """Load ``got`` into ``model`` (the reference architecture), strictly; fail with a reason."""
+    if not isinstance(got, dict) or not all(isinstance(v, torch.Tensor) for v in got.values()):
+        return Result.fail(f"{what} should be a state_dict (a dict of tensors), got {describe(got)}")
+    try:
+        model.load_state_dict(got, strict=True)
+    except (RuntimeError, KeyError) as err:
+        return Result.fail(f"{what} do not fit the reference architecture: {str(err).splitlines()[0]}")
+    if not all(torch.isfinite(p).all() for p in model.state_dict().values() if p.is_floating_point()):
+        return Result.fail(f"{what} contain nan or inf")
+    return Result.ok()

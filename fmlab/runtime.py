@@ -1,0 +1,120 @@
+"""Where code runs and how big a run is: device, seeding, profiles, cache folders.
+
+Explained in book/01_training_cnn.ipynb.
+
+Two profiles size every notebook:
+
+* ``quick`` (the default without CUDA): embedded data, few epochs; a chapter runs in about a
+  minute on two CPU cores. CI and the book build use it.
+* ``full`` (the default with CUDA): full datasets, paper-like schedules, mixed precision.
+
+``FMLAB_PROFILE=quick|full`` overrides the default. Chapter-specific sizes live next to the
+code that uses them, as a ``SIZES = {"quick": {...}, "full": {...}}`` table, and a notebook
+reads them with ``profile().pick(SIZES)``.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+PROFILE_NAMES = ("quick", "full")
+
+
+def device() -> torch.device:
+    """The best available device: CUDA, then Apple's MPS, then the CPU.
+
+    ``FMLAB_DEVICE`` (e.g. ``cpu``) overrides the choice.
+    """
+    forced = os.environ.get("FMLAB_DEVICE")
+    if forced:
+        return torch.device(forced)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0, deterministic: bool = True) -> torch.Generator:
+    """Seed Python, NumPy and torch (all devices); return a CPU generator seeded the same.
+
+    With ``deterministic=True`` cuDNN picks deterministic kernels, so a CUDA run repeats too
+    (at some cost in speed). CPU runs are deterministic for a fixed thread count.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = not deterministic
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes shared by all chapters for one profile.
+
+    ``n_train``/``n_test`` of ``None`` mean "the whole split".
+    """
+
+    name: str
+    n_train: int | None
+    n_test: int | None
+    epochs: int
+    batch_size: int
+    amp: bool
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def pick(self, sizes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        """This profile's entry of a chapter's ``{"quick": {...}, "full": {...}}`` table."""
+        if self.name not in sizes:
+            raise KeyError(
+                f"this size table has no entry for profile {self.name!r}; "
+                f"it has {sorted(sizes)}. Add one, or set FMLAB_PROFILE to one of those."
+            )
+        return dict(sizes[self.name])
+
+
+PROFILES = {
+    # Embedded MNIST-5k: 4,000 images to train on, 1,000 disjoint ones to test on.
+    "quick": Profile("quick", n_train=4000, n_test=1000, epochs=8, batch_size=64, amp=False),
+    "full": Profile("full", n_train=None, n_test=None, epochs=15, batch_size=128, amp=True),
+}
+
+
+def profile(name: str | None = None) -> Profile:
+    """The active profile: ``name``, else ``$FMLAB_PROFILE``, else full on CUDA and quick otherwise."""
+    chosen = name or os.environ.get("FMLAB_PROFILE") or ("full" if torch.cuda.is_available() else "quick")
+    chosen = chosen.strip().lower()
+    if chosen not in PROFILES:
+        raise ValueError(
+            f"unknown profile {chosen!r}: use one of {', '.join(PROFILE_NAMES)} "
+            "(set FMLAB_PROFILE=quick for a CPU-sized run)"
+        )
+    return PROFILES[chosen]
+
+
+def data_dir() -> Path:
+    """Where datasets are cached: ``$FMLAB_DATA``, default ``~/.cache/fmlab``."""
+    path = Path(os.environ.get("FMLAB_DATA") or Path.home() / ".cache" / "fmlab").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir(kind: str = "models") -> Path:
+    """A folder for computed artefacts (pre-trained models, ...), under :func:`data_dir`."""
+    path = data_dir() / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def in_colab() -> bool:
+    """True inside Google Colab."""
+    return "COLAB_RELEASE_TAG" in os.environ or "google.colab" in __import__("sys").modules
