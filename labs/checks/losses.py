@@ -1,0 +1,225 @@
+"""Public checks of the losses lab (labs/02_losses.ipynb).
+
+``run`` calls the student's function in the child process; ``grade`` computes the reference
+with PyTorch (``F.softmax``, ``F.cross_entropy``, autograd) in the parent. While a student's
+function runs, the library function the exercise asks to write is switched off, so that
+``return torch.softmax(z, dim)`` does not pass as an answer.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from fmlab.grading import Question, expect_close
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by run (child) and grade (parent)
+# ---------------------------------------------------------------------------------------------
+
+# What each question may not call: (owner, attribute name).
+_OFF = {
+    "q1": [(torch, "softmax"), (F, "softmax"), (torch.Tensor, "softmax"), (torch, "log_softmax"),
+           (F, "log_softmax"), (torch.Tensor, "log_softmax")],
+    "q2": [(F, "cross_entropy"), (F, "nll_loss"), (torch, "log_softmax"), (F, "log_softmax"),
+           (torch.Tensor, "log_softmax")],
+    "q3": [(F, "cross_entropy"), (F, "nll_loss")],
+    "q4": [(F, "binary_cross_entropy_with_logits"), (F, "binary_cross_entropy"), (F, "softplus"),
+           (F, "logsigmoid")],
+    "q5": [],
+}
+
+
+@contextlib.contextmanager
+def _library_off(qid: str):
+    """Make the functions a question asks to write raise while the student's code runs."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name in _OFF[qid]]
+
+    def blocked(name):
+        def f(*args, **kwargs):
+            raise RuntimeError(f"{qid} asks you to write this yourself: {name} is switched off in this check")
+        return f
+
+    try:
+        for owner, name, _ in saved:
+            setattr(owner, name, blocked(f"{getattr(owner, '__name__', owner)}.{name}"))
+        yield
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+
+
+def _tol(dtype: torch.dtype) -> dict:
+    return dict(atol=1e-12, rtol=1e-9) if dtype == torch.float64 else dict(atol=1e-6, rtol=1e-5)
+
+
+def _randn(*shape, scale=1.0, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def _labels(n, c, seed=1):
+    return torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# q1: a numerically stable softmax
+# ---------------------------------------------------------------------------------------------
+
+def run_q1(ns, case):
+    with _library_off("q1"):
+        return ns["softmax"](case["z"].clone(), dim=case["dim"])
+
+
+def grade_q1(case, got):
+    return expect_close(got, F.softmax(case["z"], dim=case["dim"]), **_tol(case["z"].dtype),
+                        what=f"softmax(z, dim={case['dim']})")
+
+
+def cases_q1():
+    return [
+        {"name": "a (2, 5) batch, dim=-1", "z": _randn(2, 5), "dim": -1},
+        {"name": "a (4, 3) batch, dim=0", "z": _randn(4, 3, seed=2), "dim": 0},
+        {"name": "large logits (|z| ~ 300)", "z": _randn(3, 4, scale=300.0, seed=3), "dim": -1},
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# q2: cross-entropy from logits (mean over the batch), integer or probability targets
+# ---------------------------------------------------------------------------------------------
+
+def run_q2(ns, case):
+    with _library_off("q2"):
+        return ns["cross_entropy"](case["logits"].clone(), case["targets"].clone())
+
+
+def grade_q2(case, got):
+    expected = F.cross_entropy(case["logits"], case["targets"])
+    return expect_close(got, expected, **_tol(case["logits"].dtype), what="cross_entropy(logits, targets)")
+
+
+def _one_hot(t, c, dtype=torch.float32):
+    return F.one_hot(t, c).to(dtype)
+
+
+def cases_q2():
+    soft = torch.softmax(_randn(4, 3, seed=5), 1)
+    return [
+        {"name": "integer targets", "logits": _randn(5, 4), "targets": _labels(5, 4)},
+        {"name": "one-hot targets", "logits": _randn(5, 4, seed=2), "targets": _one_hot(_labels(5, 4, 3), 4)},
+        {"name": "probability targets", "logits": _randn(4, 3, seed=4), "targets": soft},
+        {"name": "large logits (|z| ~ 100)", "logits": _randn(6, 5, scale=100.0, seed=6),
+         "targets": _labels(6, 5, 7)},
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# q3: the gradient of the mean cross-entropy with respect to the logits, without autograd
+# ---------------------------------------------------------------------------------------------
+
+def run_q3(ns, case):
+    # Inputs do not require grad and autograd records nothing: the formula must do the work.
+    with _library_off("q3"), torch.no_grad():
+        return ns["cross_entropy_grad"](case["logits"].clone(), case["targets"].clone())
+
+
+def grade_q3(case, got):
+    z = case["logits"].clone().requires_grad_()
+    F.cross_entropy(z, case["targets"]).backward()
+    return expect_close(got, z.grad, **_tol(z.dtype), what="the gradient with respect to the logits")
+
+
+def cases_q3():
+    return [
+        {"name": "integer targets", "logits": _randn(5, 4, seed=8), "targets": _labels(5, 4, 9)},
+        {"name": "one-hot targets", "logits": _randn(3, 6, seed=10), "targets": _one_hot(_labels(3, 6, 11), 6)},
+        {"name": "probability targets", "logits": _randn(4, 3, seed=12),
+         "targets": torch.softmax(_randn(4, 3, seed=13), 1)},
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# q4: a stable binary cross-entropy on logits (mean)
+# ---------------------------------------------------------------------------------------------
+
+def run_q4(ns, case):
+    with _library_off("q4"):
+        return ns["binary_cross_entropy_with_logits"](case["z"].clone(), case["y"].clone())
+
+
+def grade_q4(case, got):
+    expected = F.binary_cross_entropy_with_logits(case["z"], case["y"])
+    return expect_close(got, expected, **_tol(case["z"].dtype), what="binary_cross_entropy_with_logits(z, y)")
+
+
+def _bits(n, seed):
+    return torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(seed)).float()
+
+
+def cases_q4():
+    return [
+        {"name": "8 logits, 0/1 targets", "z": _randn(8, seed=14), "y": _bits(8, 15)},
+        {"name": "soft targets, shape (3, 2)", "z": _randn(3, 2, seed=16),
+         "y": torch.rand(3, 2, generator=torch.Generator().manual_seed(17))},
+        {"name": "logits of +-100", "z": torch.tensor([100.0, -100.0, 100.0, -100.0]),
+         "y": torch.tensor([0.0, 1.0, 1.0, 0.0])},
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# q5: central-difference numerical gradient
+# ---------------------------------------------------------------------------------------------
+
+def make_function(case):
+    """The scalar function a q5 case names (built on both sides, never sent as code)."""
+    name = case["f"]
+    if name == "cubic":
+        return lambda x: (x ** 3).sum()
+    if name == "softplus":
+        return lambda x: torch.log1p(torch.exp(x)).sum()
+    if name == "x_sin_x":
+        return lambda x: (x * torch.sin(3 * x)).sum()
+    if name == "logsumexp":
+        return lambda x: torch.logsumexp(x.reshape(-1), 0)
+    if name == "cross_entropy":
+        targets = case["targets"]
+        return lambda x: F.cross_entropy(x, targets)
+    raise KeyError(f"unknown function {name!r}")
+
+
+def run_q5(ns, case):
+    kwargs = {"eps": case["eps"]} if "eps" in case else {}
+    return ns["numerical_gradient"](make_function(case), case["x"].clone(), **kwargs)
+
+
+def grade_q5(case, got):
+    x = case["x"].detach().double().requires_grad_()
+    make_function(case)(x).backward()
+    # Between the error of central differences (~eps^2, plus rounding) and that of forward
+    # differences (~eps), so a forward-difference answer fails.
+    return expect_close(got, x.grad, atol=case["tol"], rtol=case["tol"],
+                        what=f"the numerical gradient of {case['f']}")
+
+
+def cases_q5():
+    x64 = torch.float64
+    return [
+        {"name": "cubic, default eps", "f": "cubic", "x": _randn(2, 3, seed=18, dtype=x64), "tol": 1e-7},
+        {"name": "softplus, eps=1e-3", "f": "softplus", "x": _randn(5, seed=19, dtype=x64), "eps": 1e-3,
+         "tol": 1e-6},
+        {"name": "cross-entropy of (3, 4) logits", "f": "cross_entropy", "x": _randn(3, 4, seed=20, dtype=x64),
+         "targets": _labels(3, 4, 21), "tol": 1e-7},
+    ]
+
+
+QUESTIONS = [
+    Question("q1", 2, "a numerically stable softmax", ("softmax",), run_q1, grade_q1, cases_q1),
+    Question("q2", 2, "cross-entropy from logits", ("cross_entropy",), run_q2, grade_q2, cases_q2),
+    Question("q3", 2, "the cross-entropy gradient without autograd", ("cross_entropy_grad",),
+             run_q3, grade_q3, cases_q3),
+    Question("q4", 2, "a stable binary cross-entropy on logits", ("binary_cross_entropy_with_logits",),
+             run_q4, grade_q4, cases_q4),
+    Question("q5", 2, "a central-difference numerical gradient", ("numerical_gradient",),
+             run_q5, grade_q5, cases_q5),
+]
