@@ -103,6 +103,32 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = T
         yield x[start:start + batch_size], y[start:start + batch_size]
 
 
+def random_shift(x: torch.Tensor, max_shift: int = 2, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """Translate each image by a random whole number of pixels in [-max_shift, max_shift]
+    along each axis, filling with zeros: the augmentation of book/01_training_cnn.ipynb."""
+    import torch.nn.functional as F
+
+    n, _, h, w = x.shape  # (B, C, H, W)
+    shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = shifts[:, 0] * 2.0 / w  # whole pixels in normalised coordinates
+    theta[:, 1, 2] = shifts[:, 1] * 2.0 / h
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False)
+
+
+def shift_augmentation(max_shift: int = 2, seed: int = 0):
+    """A ``batch_transform`` for :func:`fmlab.train.fit` that applies :func:`random_shift`."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def transform(model, xb, yb):
+        return random_shift(xb, max_shift, generator)
+
+    return transform
+
+
 def load(name: str, split: str = "train", n: int | None = None, seed: int = 0,
          source: str = "auto") -> Dataset:
     """Load ``split`` of dataset ``name`` (see the module docstring), the first ``n`` examples.

@@ -103,3 +103,13 @@ def test_dataset_to_and_repr():
     assert "digits" in repr(ds) and ds.x.device.type == "cpu"
     with pytest.raises(ValueError):
         data.Dataset(torch.zeros(3, 1, 2, 2), torch.zeros(2, dtype=torch.long), ["a"], "bad")
+
+
+def test_random_shift_moves_whole_pixels_with_zero_fill():
+    x = torch.zeros(64, 1, 9, 9)
+    x[:, 0, 4, 4] = 1.0
+    out = data.random_shift(x, max_shift=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.sum((1, 2, 3)), torch.ones(64))  # a single pixel, moved intact
+    rows, cols = out[:, 0].flatten(1).argmax(1) // 9, out[:, 0].flatten(1).argmax(1) % 9
+    assert set(rows.tolist()) == set(range(2, 7)) and set(cols.tolist()) == set(range(2, 7))
+    assert torch.equal(data.random_shift(x, 0), x)
