@@ -27,6 +27,15 @@ from .runtime import device as default_device
 from .runtime import profile
 
 
+# Sizes of book/01_training_cnn.ipynb, per profile (read with ``profile().pick(SIZES)``).
+SIZES = {
+    "quick": {"hand_epochs": 2, "epochs": 10, "patience": 3, "validation": 500,
+              "best_epochs": 10, "best_batch_size": 32, "best_lr": 3e-3},
+    "full": {"hand_epochs": 1, "epochs": 15, "patience": 3, "validation": 5000,
+             "best_epochs": 15, "best_batch_size": 128, "best_lr": 3e-3},
+}
+
+
 class NonFiniteLossError(FloatingPointError):
     """The loss became nan or inf; the message names the epoch and step."""
 
