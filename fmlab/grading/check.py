@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .spec import NotData, Question, Result, case_name, load_questions, to_data
+from .spec import NotData, Question, Result, case_name, load_questions, seeded, to_data
 
 GRADING_ENV = "FMLAB_GRADING"
 
@@ -47,7 +47,8 @@ def run_case(question: Question, ns: dict, case: dict) -> Result:
     if missing:
         return Result.fail(f"define {', '.join(missing)} first (run the cell that defines it)")
     try:
-        got = to_data(question.run(ns, case))
+        with seeded():
+            got = to_data(question.run(ns, case))
     except NotImplementedError:
         return Result.fail("not implemented yet (the cell still raises NotImplementedError)")
     except NotData as err:
@@ -57,7 +58,8 @@ def run_case(question: Question, ns: dict, case: dict) -> Result:
         where = f" (line {tb[-1].lineno} of {tb[-1].name})" if tb else ""
         return Result.fail(f"raised {type(err).__name__}: {err}{where}")
     try:
-        return question.grade(case, got)
+        with seeded():
+            return question.grade(case, got)
     except Exception as err:
         return Result.fail(f"the result could not be checked: {type(err).__name__}: {err}")
 
@@ -74,7 +76,7 @@ def checker(lab: str):
         q = questions[qid]
         if ns is None:
             ns = inspect.currentframe().f_back.f_globals
-        results = [(case_name(c, i), run_case(q, ns, c)) for i, c in enumerate(q.cases())]
+        results = [(case_name(c, i), run_case(q, ns, q.prepared(c))) for i, c in enumerate(q.cases())]
         print(f"{qid} ({q.title}, {q.points:g} points): public tests")
         for name, r in results:
             mark = "pass" if r.passed else ("part" if r.score > 0 else "FAIL")

@@ -15,7 +15,9 @@ processes when CI grades a submission:
 ``cases()`` returns the public cases (a list of dicts of plain data). A hidden-tests folder
 holds a file of the same name that defines ``HIDDEN = {"q1": [case, ...], ...}``: more cases
 for the same questions, run through the same ``run`` and ``grade``. A case may carry a
-``"name"`` key, which messages quote.
+``"name"`` key, which messages quote. ``run`` and ``grade`` each start from the same seeded
+random state (see :class:`seeded`). An optional ``prepare(case)`` makes a case's inputs in
+the parent (loading data the child may not read, initial weights); see :class:`Question`.
 """
 from __future__ import annotations
 
@@ -64,6 +66,46 @@ class Question:
     cases: Callable[[], list[dict]]
     timeout: float = 30.0  # seconds per case, in the child
     extra: dict = field(default_factory=dict)
+    # prepare(case) -> case with its inputs made (e.g. training images loaded). It runs where
+    # the case is chosen: in the parent when grading, so the child gets data it cannot read
+    # itself; run(ns, prepared) and grade(prepared, got) both see the prepared case.
+    prepare: Callable[[dict], dict] | None = None
+
+    def prepared(self, case: dict) -> dict:
+        if self.prepare is None:
+            return case
+        with seeded():
+            return self.prepare(dict(case))
+
+
+CASE_SEED = 0
+
+
+class seeded:
+    """``with seeded():`` runs a case's ``run`` or ``grade`` from the same random state on both
+    sides (torch, NumPy, ``random`` seeded with :data:`CASE_SEED`), whatever ran before it, and
+    restores the caller's random state afterwards. So dropout masks or random starts drawn in
+    ``run`` (child) and in ``grade`` (parent) agree when both draw in the same order."""
+
+    def __enter__(self):
+        import random
+
+        import numpy as np
+
+        self._states = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())
+        torch.manual_seed(CASE_SEED)
+        np.random.seed(CASE_SEED)
+        random.seed(CASE_SEED)
+
+    def __exit__(self, *exc):
+        import random
+
+        import numpy as np
+
+        torch_state, np_state, py_state = self._states
+        torch.random.set_rng_state(torch_state)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
 
 
 def case_name(case: dict, index: int) -> str:

