@@ -1,0 +1,246 @@
+"""fmlab.optim against torch.optim: same trajectory, every option, groups, frozen params, state_dict.
+
+Each run trains a small tanh network on random minibatches for STEPS steps, with two parameter
+groups (the second with its own lr and weight decay), one parameter that never gets a gradient
+and one that gets a gradient only on some steps. The reference is the torch.optim optimizer of
+the same name on the same data and initial values.
+"""
+import copy
+import math
+
+import pytest
+import torch
+
+from fmlab import optim
+
+STEPS = 120
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: extra threads only add overhead (and thrash on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+TOL = {torch.float64: 1e-10, torch.float32: 1e-6}
+
+CONFIGS = [
+    # (name, options); torch.optim.<name> and fmlab.optim.<name> take the same options.
+    ("SGD", dict(lr=0.05)),
+    ("SGD", dict(lr=0.05, momentum=0.9)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3, weight_decay=0.01)),
+    ("SGD", dict(lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.05)),
+    ("Adagrad", dict(lr=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.02, initial_accumulator_value=0.5, eps=1e-3)),
+    ("RMSprop", dict(lr=0.01)),
+    ("RMSprop", dict(lr=0.01, alpha=0.9, eps=1e-3, weight_decay=0.05)),
+    ("RMSprop", dict(lr=0.005, momentum=0.9, centered=True)),
+    ("RMSprop", dict(lr=0.005, alpha=0.95, momentum=0.5, centered=True, weight_decay=0.01, eps=1e-4)),
+    ("Adam", dict(lr=0.01)),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-3, weight_decay=0.1)),
+    ("AdamW", dict(lr=0.01)),
+    ("AdamW", dict(lr=0.01, betas=(0.5, 0.9), eps=1e-4, weight_decay=0.3)),
+]
+IDS = [f"{name}-" + "-".join(f"{k}={v}" for k, v in opts.items()) for name, opts in CONFIGS]
+
+
+def make_params(seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"W1": (5, 6), "b1": (6,), "w2": (6,), "frozen": (3,)}
+    return {k: torch.nn.Parameter(torch.randn(s, generator=g, dtype=dtype)) for k, s in shapes.items()}
+
+
+def train(make_opt, options, seed=0, dtype=torch.float64, steps=STEPS, reload_at=None):
+    """Final parameters (and the optimizer) after ``steps`` steps; reload a fresh optimizer from
+    ``state_dict()`` at step ``reload_at``."""
+    ps = make_params(seed, dtype)
+    data = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(256, 5, generator=data, dtype=dtype)
+    y = torch.sin(x @ torch.randn(5, generator=data, dtype=dtype))
+
+    def groups():  # second group: its own lr and weight decay; "frozen" is never in the graph
+        second = {"params": [ps["w2"], ps["frozen"]], "lr": options["lr"] / 2}
+        if "weight_decay" in options:
+            second["weight_decay"] = options["weight_decay"] * 2
+        return [{"params": [ps["W1"], ps["b1"]]}, second]
+
+    opt = make_opt(groups(), **options)
+    for t in range(steps):
+        if t == reload_at:
+            saved = copy.deepcopy(opt.state_dict())
+            opt = make_opt(groups(), **options)
+            opt.load_state_dict(saved)
+        idx = torch.randint(0, 256, (32,), generator=data)
+        loss = ((torch.tanh(x[idx] @ ps["W1"] + ps["b1"]) @ ps["w2"] - y[idx]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        if t % 3 == 1:
+            ps["b1"].grad = None  # a parameter that misses some steps: its step count lags
+        opt.step()
+    return {k: p.detach().clone() for k, p in ps.items()}, opt
+
+
+def assert_same(ours, ref, tol):
+    for k in ref:
+        err = (ours[k] - ref[k]).abs().max().item()
+        assert err <= tol, f"{k}: max abs difference {err:.3g} > {tol:g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name,options", CONFIGS, ids=IDS)
+def test_matches_torch(name, options, dtype):
+    ours, opt = train(getattr(optim, name), options, dtype=dtype)
+    ref, _ = train(getattr(torch.optim, name), options, dtype=dtype)
+    assert_same(ours, ref, TOL[dtype])
+    moved = (ours["W1"] - make_params(0, dtype)["W1"]).abs().max().item()
+    assert moved > 1e-2, "the parameters barely moved: the comparison would prove nothing"
+
+
+@pytest.mark.parametrize("name,options", CONFIGS, ids=IDS)
+def test_frozen_param_untouched(name, options):
+    ours, opt = train(getattr(optim, name), options, steps=10)
+    assert torch.equal(ours["frozen"], make_params(0, torch.float64)["frozen"])
+    frozen = opt.param_groups[1]["params"][1]
+    assert len(opt.state[frozen]) == 0, "a parameter without gradient must get no state"
+
+
+@pytest.mark.parametrize("name,options", CONFIGS, ids=IDS)
+def test_state_dict_round_trip(name, options):
+    ours, _ = train(getattr(optim, name), options, reload_at=STEPS // 2)
+    ref, _ = train(getattr(torch.optim, name), options)
+    assert_same(ours, ref, TOL[torch.float64])
+
+
+def test_reload_really_restores_state():
+    """A fresh optimizer that does NOT load the state diverges: the round-trip test can fail."""
+    def fresh_at_half(groups, **kw):
+        opt = optim.Adam(groups, **kw)
+        opt.load_state_dict = lambda sd: None  # drop the saved moments and step counts
+        return opt
+    broken, _ = train(fresh_at_half, dict(lr=0.01), reload_at=STEPS // 2)
+    ref, _ = train(torch.optim.Adam, dict(lr=0.01))
+    assert (broken["W1"] - ref["W1"]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name,options", [c for c in CONFIGS if c[0] in ("Adam", "RMSprop", "SGD")][:6])
+def test_torch_state_dict_loads_into_ours(name, options):
+    """Same state names as torch: a torch.optim checkpoint continues in fmlab.optim."""
+    def torch_then_ours(groups, **kw):
+        return getattr(torch.optim, name)(groups, **kw)
+
+    class Switch:  # torch.optim for the first half, fmlab.optim (loading torch's state) after
+        calls = 0
+
+        def __new__(cls, groups, **kw):
+            cls.calls += 1
+            return (getattr(torch.optim, name) if cls.calls == 1 else getattr(optim, name))(groups, **kw)
+
+    ours, _ = train(Switch, options, reload_at=STEPS // 2)
+    ref, _ = train(torch_then_ours, options)
+    assert_same(ours, ref, TOL[torch.float64])
+
+
+def test_closure_returns_loss():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = optim.Adam([p], lr=0.1)
+
+    def closure():
+        opt.zero_grad()
+        loss = (p**2).sum()
+        loss.backward()
+        return loss
+
+    assert opt.step(closure).item() == pytest.approx(5.0)
+    assert p.abs().max() < 2.0
+
+
+def test_effective_step_size_is_the_applied_step():
+    """θ_before − θ_after equals effective_step_size · numerator (g, or m for Adam)."""
+    g0 = torch.Generator().manual_seed(3)
+    for make in (lambda ps: optim.Adagrad(ps, lr=0.3, lr_decay=0.1),
+                 lambda ps: optim.RMSprop(ps, lr=0.01), lambda ps: optim.Adam(ps, lr=0.01),
+                 lambda ps: torch.optim.Adam(ps, lr=0.01)):
+        p = torch.nn.Parameter(torch.randn(7, generator=g0, dtype=torch.float64))
+        opt = make([p])
+        for _ in range(5):
+            p.grad = torch.randn(7, generator=g0, dtype=torch.float64)
+            before = p.detach().clone()
+            opt.step()
+        numerator = opt.state[p].get("exp_avg", p.grad)
+        expected = optim.effective_step_size(opt, p) * numerator
+        torch.testing.assert_close(before - p.detach(), expected, atol=1e-12, rtol=1e-9)
+    with pytest.raises(TypeError):
+        q = torch.nn.Parameter(torch.zeros(2))
+        sgd = optim.SGD([q], lr=0.1, momentum=0.9)
+        q.grad = torch.ones(2)
+        sgd.step()
+        optim.effective_step_size(sgd, q)
+
+
+@pytest.mark.parametrize("make,bad", [
+    (lambda p: optim.SGD(p, lr=-1.0), "lr"),
+    (lambda p: optim.SGD(p, lr=0.1, nesterov=True), "Nesterov"),
+    (lambda p: optim.Adam(p, betas=(0.9, 1.0)), "betas"),
+    (lambda p: optim.RMSprop(p, alpha=1.5), "alpha"),
+    (lambda p: optim.Adagrad(p, eps=-1e-3), "eps"),
+])
+def test_bad_arguments_explain(make, bad):
+    with pytest.raises(ValueError, match=bad):
+        make([torch.nn.Parameter(torch.zeros(2))])
+
+
+def _torch_lrs(make_scheduler, steps, base_lr=1.0):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
+    sched = make_scheduler(opt)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_step_decay_and_cosine_match_torch_schedulers():
+    S = torch.optim.lr_scheduler
+    ref = _torch_lrs(lambda o: S.StepLR(o, step_size=7, gamma=0.5), 40, base_lr=0.3)
+    assert ref == pytest.approx([optim.step_decay(t, 0.3, 7, 0.5) for t in range(40)], rel=1e-12)
+    ref = _torch_lrs(lambda o: S.CosineAnnealingLR(o, T_max=50, eta_min=0.01), 51, base_lr=0.3)
+    assert ref == pytest.approx([optim.cosine(t, 50, 0.3, 0.01) for t in range(51)], rel=1e-9)
+
+
+@pytest.mark.parametrize("total,warmup", [(100, 10), (60, 0), (30, 1), (25, 24)])
+def test_warmup_cosine_matches_torch_sequential(total, warmup):
+    S = torch.optim.lr_scheduler
+
+    def make(o):
+        cos = S.CosineAnnealingLR(o, T_max=total - warmup, eta_min=0.002)
+        if warmup == 0:
+            return cos
+        lin = S.LinearLR(o, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1)
+        return S.SequentialLR(o, [lin, cos], milestones=[warmup])
+
+    ref = _torch_lrs(make, total + 1, base_lr=0.1)
+    ours = [optim.warmup_cosine(t, total, warmup, 0.1, 0.002) for t in range(total + 1)]
+    assert ours == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    assert ours[-1] == pytest.approx(0.002) and max(ours) == pytest.approx(0.1)
+
+
+def test_schedule_lambda_drives_lambda_lr():
+    opt = optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, optim.schedule_lambda(optim.warmup_cosine, 0.2, total_steps=20, warmup_steps=5))
+    seen = []
+    for _ in range(21):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([optim.warmup_cosine(t, 20, 5, 0.2) for t in range(21)])
+    with pytest.raises(ValueError, match="warmup_steps"):
+        optim.warmup_cosine(0, 10, 10, 0.1)
+
+
+def test_sizes_table_has_both_profiles():
+    assert set(optim.SIZES) == {"quick", "full"}
+    assert set(optim.SIZES["quick"]) == set(optim.SIZES["full"])
+    assert math.isfinite(optim.SIZES["quick"]["drift_steps"])
