@@ -9,6 +9,7 @@ same weights as an uninterrupted one (on the CPU, where kernels are deterministi
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -161,9 +162,11 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, epochs:
             return history
 
     steps_per_epoch = math.ceil(len(train) / batch_size)
-    # On the CPU a finiteness check per step costs nothing; on a GPU it would synchronise, so
-    # losses are kept on the device and checked every few steps.
-    check_every = 1 if dev.type == "cpu" else 25
+    # A finiteness check per step would synchronise with a GPU and costs a few percent on a
+    # CPU, so losses are kept on the device and checked every few steps; the check still
+    # names the first bad step.
+    check_every = 25
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, disable=not progress,
                desc="fit", unit="batch", leave=False)
     try:
@@ -172,12 +175,16 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, epochs:
             model.train()
             loss_sum = torch.zeros((), device=dev)
             correct = torch.zeros((), device=dev, dtype=torch.long)
+            # Per-batch losses and hit counts stay on the device, summed every check_every steps:
+            # a reduction per step would cost more than the bookkeeping is worth.
             recent: list[torch.Tensor] = []
+            hits: list[torch.Tensor] = []
+            sizes: list[int] = []
             for step, (xb, yb) in enumerate(batches(train.x, train.y, batch_size, generator=gen)):
                 if batch_transform is not None:
                     xb = batch_transform(model, xb, yb)
                     model.train()
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                with autocast():
                     out = model(xb)  # (B, classes)
                     loss = loss_fn(out, yb)
                 opt.zero_grad(set_to_none=True)
@@ -185,13 +192,14 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, epochs:
                 opt.step()
                 if sched is not None:
                     sched.step()
-                d = loss.detach().float()
-                recent.append(d)
-                loss_sum += d * len(yb)
-                correct += (out.detach().argmax(1) == yb).sum()
+                recent.append(loss.detach())
+                hits.append((out.detach().argmax(1) == yb).sum())
+                sizes.append(len(yb))
                 if len(recent) == check_every or step == steps_per_epoch - 1:
-                    _check_finite(recent, epoch, step)
-                    recent = []
+                    losses = _check_finite(recent, epoch, step)  # (k,) float32
+                    loss_sum += (losses * torch.tensor(sizes, device=dev)).sum()
+                    correct += torch.stack(hits).sum()
+                    recent, hits, sizes = [], [], []
                 bar.update(1)
             history.train_loss.append(loss_sum.item() / len(train))
             history.train_acc.append(correct.item() / len(train))
@@ -229,11 +237,12 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, epochs:
     return history
 
 
-def _check_finite(losses: list[torch.Tensor], epoch: int, last_step: int) -> None:
-    window = torch.stack(losses)
+def _check_finite(losses: list[torch.Tensor], epoch: int, last_step: int) -> torch.Tensor:
+    """The window's losses as one float32 tensor, or an error naming the first bad step."""
+    window = torch.stack(losses).float()
     finite = torch.isfinite(window)
     if bool(finite.all()):
-        return
+        return window
     first = last_step - len(losses) + 1 + int((~finite).nonzero()[0, 0])
     raise NonFiniteLossError(
         f"the loss became {window[~finite][0].item()} at epoch {epoch + 1}, step {first + 1}. "
