@@ -51,10 +51,10 @@ def compare_curves(histories: dict, metric: str = "val_acc", ylabel: str | None 
 def _as_image(img: torch.Tensor):
     img = img.detach().float().cpu()
     if img.dim() == 3 and img.shape[0] == 1:
-        return img[0], "gray"
+        return img[0].numpy(), "gray"
     if img.dim() == 3:
-        return img.permute(1, 2, 0).clamp(0, 1), None  # (C, H, W) -> (H, W, C)
-    return img, "gray"
+        return img.permute(1, 2, 0).clamp(0, 1).numpy(), None  # (C, H, W) -> (H, W, C)
+    return img.numpy(), "gray"
 
 
 def image_grid(x: torch.Tensor, labels: Sequence | torch.Tensor | None = None,
@@ -93,7 +93,7 @@ def confusion(cm: torch.Tensor, classes: Sequence[str], title: str = "confusion 
     shown = cm / cm.sum(1, keepdim=True).clamp_min(1) if normalize else cm
     k = len(classes)
     fig, ax = plt.subplots(figsize=(0.45 * k + 2.2, 0.45 * k + 1.8))
-    im = ax.imshow(shown, cmap="Blues")
+    im = ax.imshow(shown.numpy(), cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set(xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes,
            xlabel="predicted", ylabel="true", title=title)
