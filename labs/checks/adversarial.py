@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fmlab.grading import Question, Result, expect_state_dict
+from fmlab.grading.trained import load_into_reference, train_in_child, with_training_images
 
 # q4: the threat model and the grader's attack.
 Q4_EPS = 0.1
@@ -228,7 +229,7 @@ def grade_q2(case, got):
     weak = pgd(model, x, y, eps, case["alpha"], max(case["steps"] // 2, 1),
                generator=torch.Generator().manual_seed(1))
     ref = pgd(model, x, y, eps, case["alpha"], case["steps"], generator=torch.Generator().manual_seed(2))
-    (weak_loss, _), (ref_loss, ref_acc) = _strength(model, weak, y), _strength(model, ref, y)
+    (weak_loss, _), (_, ref_acc) = _strength(model, weak, y), _strength(model, ref, y)
     if loss < weak_loss - 0.02 * abs(weak_loss):
         return Result.fail(f"the attack is too weak: mean loss {loss:.3g} at its outputs, but the "
                            f"grader's PGD with half the steps reaches {weak_loss:.3g} (is the "
@@ -301,33 +302,17 @@ def grade_q3(case, got):
 # q4: a robust SeedCNN, trained by the student, attacked by the grader on held-out images
 # ---------------------------------------------------------------------------------------------
 
-def prepare_q4(case):
-    from fmlab.data import load
-    train = load("mnist", "train", source="embedded").subset(case["n_train"])
-    case["x"], case["y"] = train.x, train.y
-    return case
-
-
 def run_q4(ns, case):
-    from fmlab.data import Dataset
-    train = Dataset(case["x"].clone(), case["y"].clone(), [str(d) for d in range(10)], "mnist-5k")
-    with _library_off():
-        model = ns["train_robust_model"](train)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"train_robust_model should return the trained nn.Module, got {type(model).__name__}")
-    return dict(model.state_dict())
+    return train_in_child(ns, case, "train_robust_model", guard=_library_off)
 
 
 def grade_q4(case, got):
-    from functools import partial
-
     from fmlab.adversarial import pgd, robust_accuracy
     from fmlab.data import load
     from fmlab.models import SeedCNN
 
-    model = SeedCNN(1, 10, 28)
-    fits = expect_state_dict(got, model, what="the weights of the returned model (a SeedCNN(1, 10, 28))")
-    if not fits.passed:
+    model, fits = load_into_reference(got, SeedCNN, 1, 10, 28)
+    if model is None:
         return fits
     test = load("mnist", "test", source="embedded")  # 1,000 images the child never saw
     eps, steps = case.get("eps", Q4_EPS), case.get("steps", 20)
@@ -384,7 +369,7 @@ QUESTIONS = [
         ]),
     Question(
         id="q4", points=4, title="Train a robust CNN", requires=("train_robust_model",),
-        run=run_q4, grade=grade_q4, prepare=prepare_q4, timeout=150,
+        run=run_q4, grade=grade_q4, prepare=with_training_images, timeout=150,
         cases=lambda: [
             {"name": "4,000 training images, eps = 0.1", "n_train": 4000, "full_at": 0.70,
              "zero_at": 0.40, "min_clean": 0.90},

@@ -12,6 +12,7 @@ from torch import nn
 
 from fmlab.grading import Question, Result, expect_close, expect_equal, expect_state_dict
 from fmlab.grading.spec import describe
+from fmlab.grading.trained import load_into_reference, train_in_child, with_training_images
 
 # --- q1: the output shape of a conv/pool stack -------------------------------------------------
 
@@ -186,22 +187,8 @@ def grade_q3(case, got):
 
 # --- q4: a trained model, evaluated on held-out images -----------------------------------------
 
-def prepare_q4(case):
-    from fmlab.data import load
-
-    train = load("mnist", "train", source="embedded").subset(case["n_train"])
-    case["x"], case["y"] = train.x, train.y
-    return case
-
-
 def run_q4(ns, case):
-    from fmlab.data import Dataset
-
-    train = Dataset(case["x"].clone(), case["y"].clone(), [str(d) for d in range(10)], "mnist-5k")
-    model = ns["train_model"](train)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"train_model should return the trained nn.Module, got {type(model).__name__}")
-    return dict(model.state_dict())
+    return train_in_child(ns, case, "train_model")
 
 
 def grade_q4(case, got):
@@ -209,9 +196,8 @@ def grade_q4(case, got):
     from fmlab.models import SeedCNN
     from fmlab.train import evaluate
 
-    model = SeedCNN(1, 10, 28)
-    fits = expect_state_dict(got, model, what="the weights of the returned model (a SeedCNN(1, 10, 28))")
-    if not fits.passed:
+    model, fits = load_into_reference(got, SeedCNN, 1, 10, 28)
+    if model is None:
         return fits
     test = load("mnist", "test", source="embedded")  # 1,000 images the child was never handed
     acc = evaluate(model, test).accuracy
@@ -250,7 +236,7 @@ QUESTIONS = [
         ]),
     Question(
         id="q4", points=3, title="Train a CNN to 90% held-out accuracy", requires=("train_model",),
-        run=run_q4, grade=grade_q4, prepare=prepare_q4, timeout=60,
+        run=run_q4, grade=grade_q4, prepare=with_training_images, timeout=60,
         cases=lambda: [
             {"name": "4,000 training images", "n_train": 4000, "full_at": 0.90, "zero_at": 0.70},
         ]),
