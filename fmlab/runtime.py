@@ -11,12 +11,17 @@ Two profiles size every notebook:
 ``FMLAB_PROFILE=quick|full`` overrides the default. Chapter-specific sizes live next to the
 code that uses them, as a ``SIZES = {"quick": {...}, "full": {...}}`` table, and a notebook
 reads them with ``profile().pick(SIZES)``.
+
+``FMLAB_SMOKE=1`` keeps a profile's code paths (data sources, model sizes, mixed precision,
+schedules) but shrinks its work to a token amount, so that CI proves the full profile runs to
+the end without a GPU: ``pick`` then overlays the table's ``"smoke"`` entry (e.g.
+``{"epochs": 1, "steps": 2}``) on the profile's own.
 """
 from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -71,15 +76,20 @@ class Profile:
     batch_size: int
     amp: bool
     extra: Mapping[str, Any] = field(default_factory=dict)
+    smoke: bool = False  # FMLAB_SMOKE=1: this profile's code paths, a token amount of work
 
     def pick(self, sizes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-        """This profile's entry of a chapter's ``{"quick": {...}, "full": {...}}`` table."""
+        """This profile's entry of a chapter's ``{"quick": {...}, "full": {...}}`` table, with
+        the table's ``"smoke"`` entry laid over it in a smoke run."""
         if self.name not in sizes:
             raise KeyError(
                 f"this size table has no entry for profile {self.name!r}; "
                 f"it has {sorted(sizes)}. Add one, or set FMLAB_PROFILE to one of those."
             )
-        return dict(sizes[self.name])
+        picked = dict(sizes[self.name])
+        if self.smoke:
+            picked.update(sizes.get("smoke", {}))
+        return picked
 
 
 PROFILES = {
@@ -98,7 +108,8 @@ def profile(name: str | None = None) -> Profile:
             f"unknown profile {chosen!r}: use one of {', '.join(PROFILE_NAMES)} "
             "(set FMLAB_PROFILE=quick for a CPU-sized run)"
         )
-    return PROFILES[chosen]
+    smoke = os.environ.get("FMLAB_SMOKE", "").strip().lower() not in ("", "0", "false", "no")
+    return replace(PROFILES[chosen], smoke=True) if smoke else PROFILES[chosen]
 
 
 def data_dir() -> Path:

@@ -46,8 +46,13 @@ def run_case(question: Question, ns: dict, case: dict) -> Result:
     missing = [name for name in question.requires if name not in ns]
     if missing:
         return Result.fail(f"define {', '.join(missing)} first (run the cell that defines it)")
+    from .forbid import blocked, static_problems
+
+    delegated = [p for name in question.requires for p in static_problems(ns[name], question.forbid, question.id)]
+    if delegated:
+        return Result.fail(delegated[0])
     try:
-        with seeded():
+        with seeded(), blocked(question.forbid, question.id):
             got = to_data(question.run(ns, case))
     except NotImplementedError:
         return Result.fail("not implemented yet (the cell still raises NotImplementedError)")

@@ -112,9 +112,14 @@ class Child:
         if missing:
             hint = f" ({len(self.cell_errors)} code cell(s) failed, see the notes)" if self.cell_errors else ""
             return {"ok": False, "error": f"{', '.join(missing)} is not defined in the notebook{hint}"}
+        from .forbid import blocked, static_problems
+
+        delegated = [p for name in question.requires for p in static_problems(ns[name], question.forbid, question.id)]
+        if delegated:
+            return {"ok": False, "error": delegated[0]}
         try:
             def call():
-                with seeded():
+                with seeded(), blocked(question.forbid, question.id):
                     return to_data(question.run(ns, case))
 
             value = self.timed(limit, call)
@@ -145,13 +150,18 @@ class Child:
         from . import sandbox as sandbox_mod
         from .spec import load_questions
 
-        for name in ("numpy", "fmlab.data", "fmlab.models", "fmlab.train", "tqdm.auto"):
-            try:  # modules labs use, imported while reading files is still unrestricted
+        from .spec import load_module
+
+        checks = load_module(self.job["checks"])
+        # Modules the lab's notebook uses, imported while reading files is unrestricted: the
+        # checks file declares them as MODULES (its own imports are loaded already).
+        for name in ("numpy", "tqdm.auto", *getattr(checks, "MODULES", ())):
+            try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - a missing optional module is the notebook's problem
                 pass
         del fmlab
-        questions = {q.id: q for q in load_questions(self.job["checks"])}
+        questions = {q.id: q for q in load_questions(self.job["checks"], checks)}
         sys.dont_write_bytecode = True
         os.chdir(self.job["cwd"])
         box = sandbox_mod.install(self.job["writable"], self.job["forbidden"], [self.job["out"]])

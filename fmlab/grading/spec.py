@@ -66,6 +66,10 @@ class Question:
     cases: Callable[[], list[dict]]
     timeout: float = 30.0  # seconds per case, in the child
     extra: dict = field(default_factory=dict)
+    # Dotted names of the references this exercise asks students to write themselves (and the
+    # library's other ways of doing the same job): switched off while ``run`` executes, see
+    # fmlab/grading/forbid.py.
+    forbid: tuple[str, ...] = ()
     # prepare(case) -> case with its inputs made (e.g. training images loaded). It runs where
     # the case is chosen: in the parent when grading, so the child gets data it cannot read
     # itself; run(ns, prepared) and grade(prepared, got) both see the prepared case.
@@ -125,8 +129,8 @@ def load_module(path: str | Path, name: str | None = None):
     return module
 
 
-def load_questions(path: str | Path) -> list[Question]:
-    module = load_module(path)
+def load_questions(path: str | Path, module=None) -> list[Question]:
+    module = module or load_module(path)
     questions = getattr(module, "QUESTIONS", None)
     if not questions or not all(isinstance(q, Question) for q in questions):
         raise ValueError(f"{path} must define QUESTIONS, a non-empty list of fmlab.grading.Question")
