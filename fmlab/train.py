@@ -219,8 +219,8 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, epochs:
                 else:
                     bad_epochs += 1
                     history.stopped_early = bad_epochs >= early_stopping.patience
-            if history.stopped_early and best_state is not None:
-                model.load_state_dict(best_state)
+            if (history.stopped_early or epoch == epochs - 1) and best_state is not None:
+                model.load_state_dict(best_state)  # the best epoch's weights, however training ended
             if path is not None:
                 _save_atomic({
                     "model": model.state_dict(), "optimizer": opt.state_dict(),

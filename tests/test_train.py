@@ -149,3 +149,20 @@ def test_evaluate_restores_train_mode_and_uses_eval_mode():
     model.train()
     a, b = train.evaluate(model, ds), train.evaluate(model, ds)
     assert model.training and a.accuracy == b.accuracy  # dropout off while evaluating
+
+
+def test_best_weights_come_back_even_without_an_early_stop(digits):
+    """The last epoch is made the worst (a learning rate of 50 in it), patience is never used
+    up, and fit must still return the weights of the best epoch."""
+    tr, te = digits
+    model = _model()
+    steps = math.ceil(len(tr) / 32)
+    blow_up = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+        opt, lambda step: 1.0 if step < 3 * steps - 1 else 5e4)
+    h = train.fit(model, tr, te, epochs=4, lr=1e-3, batch_size=32, scheduler=blow_up,
+                  early_stopping=train.EarlyStopping(patience=10), progress=False, device="cpu")
+    assert not h.stopped_early and h.epochs == 4
+    assert h.best_epoch is not None and h.best_epoch < 4
+    assert h.val_acc[-1] < max(h.val_acc) - 0.1
+    kept = train.evaluate(model, te).accuracy
+    assert kept == pytest.approx(h.val_acc[h.best_epoch - 1]) and kept == pytest.approx(max(h.val_acc))
