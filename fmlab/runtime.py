@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -123,6 +124,30 @@ def cache_dir(kind: str = "models") -> Path:
     """A folder for computed artefacts (pre-trained models, ...), under :func:`data_dir`."""
     path = data_dir() / kind
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` by calling ``write(tmp)`` on a temporary file in the same folder, then
+    renaming it over ``path``: a kill at any moment leaves the old file or the new one, never
+    half of one. The temporary file is removed if ``write`` fails.
+
+    >>> import json, tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "r.json"
+    >>> _ = atomic_write(target, lambda tmp: tmp.write_text(json.dumps({"score": 1})))
+    >>> json.loads(target.read_text())
+    {'score': 1}
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

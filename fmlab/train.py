@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .data import Dataset, batches
 from .runtime import device as default_device
-from .runtime import profile
+from .runtime import atomic_write, profile
 
 
 # Sizes of book/01_training_cnn.ipynb, per profile (read with ``profile().pick(SIZES)``).
@@ -93,12 +93,6 @@ def _make_optimizer(optimizer, model: nn.Module, lr: float) -> torch.optim.Optim
     if callable(optimizer):
         return optimizer(model.parameters())
     raise TypeError("optimizer must be None, a torch.optim.Optimizer, or a function params -> optimizer")
-
-
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill during the save leaves the previous checkpoint intact
 
 
 def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, epochs: int,
@@ -222,7 +216,7 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, epochs:
             if (history.stopped_early or epoch == epochs - 1) and best_state is not None:
                 model.load_state_dict(best_state)  # the best epoch's weights, however training ended
             if path is not None:
-                _save_atomic({
+                _save_checkpoint({
                     "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict() if sched is not None else None,
                     "history": asdict(history), "generator": gen.get_state(),
@@ -235,6 +229,10 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, epochs:
     finally:
         bar.close()
     return history
+
+
+def _save_checkpoint(state: dict, path: Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))  # a kill keeps the last checkpoint
 
 
 def _check_finite(losses: list[torch.Tensor], epoch: int, last_step: int) -> torch.Tensor:
