@@ -24,30 +24,43 @@ __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "effective_step_size",
 # Sizes of the chapter's experiments (read with ``fmlab.profile().pick(SIZES)``).
 SIZES = {
     "quick": {
-        "tune_lrs": 13,            # learning rates in the log grid used to tune each optimizer
+        "tune_lrs": 51,            # learning rates in the log grid (1e-4 to 10) of the 2-D problems
         "quadratic_steps": 60,     # steps on the 2-D ill-conditioned quadratics
         "rosenbrock_steps": 300,   # steps on the Rosenbrock function
         "cnn_train": 2000,         # MNIST training images for the CNN comparison
         "cnn_test": 1000,          # MNIST test images
         "cnn_epochs": 2,
         "cnn_batch_size": 64,
+        "cnn_lr_factors": [1 / 9, 1 / 3, 1, 3, 9, 27],  # the tuning grid, times a default lr
+        "seeds": 3,                # seeds of every stochastic comparison
         "schedule_steps": 300,     # minibatch steps of the learning-rate-schedule runs
         "decay_steps": 400,        # minibatch steps of the weight-decay runs
-        "drift_steps": 3000,       # length of the data stream; the distribution changes half-way
-        "drift_window": 250,       # steps after the change over which the post-drift loss is averaged
+        "drift_lrs": 13,           # learning rates in the log grid of the drift experiment
+        "drift_steps": 3000,       # length of the data stream; it changes at 1/4, 1/2 and 3/4
+        "drift_window": 250,       # steps after a change over which the loss is averaged
     },
     "full": {
-        "tune_lrs": 25,
+        "tune_lrs": 51,
         "quadratic_steps": 60,
         "rosenbrock_steps": 300,
         "cnn_train": None,         # all of the split
         "cnn_test": None,
         "cnn_epochs": 5,
         "cnn_batch_size": 128,
+        "cnn_lr_factors": [1 / 9, 1 / 3, 1, 3, 9, 27],
+        "seeds": 3,
         "schedule_steps": 1000,
         "decay_steps": 2000,
+        "drift_lrs": 25,
         "drift_steps": 6000,
         "drift_window": 250,
+    },
+    # FMLAB_SMOKE=1: the same code paths with a token amount of work
+    "smoke": {
+        "tune_lrs": 13, "cnn_train": 1000, "cnn_test": 500, "cnn_epochs": 1,
+        "cnn_lr_factors": [1 / 3, 1], "seeds": 2,
+        "schedule_steps": 60, "decay_steps": 40, "drift_lrs": 5, "drift_steps": 400,
+        "drift_window": 50,
     },
 }
 

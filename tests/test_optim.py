@@ -241,6 +241,7 @@ def test_schedule_lambda_drives_lambda_lr():
 
 
 def test_sizes_table_has_both_profiles():
-    assert set(optim.SIZES) == {"quick", "full"}
+    assert set(optim.SIZES) == {"quick", "full", "smoke"}
     assert set(optim.SIZES["quick"]) == set(optim.SIZES["full"])
+    assert set(optim.SIZES["smoke"]) <= set(optim.SIZES["quick"])
     assert math.isfinite(optim.SIZES["quick"]["drift_steps"])
