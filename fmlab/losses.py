@@ -20,10 +20,12 @@ import torch
 
 REDUCTIONS = ("mean", "sum")
 
-# Sizes for the chapter's checks (it trains nothing, so both profiles are the same).
+# Sizes for the chapter's checks (it trains nothing, so both profiles are the same, and a
+# smoke run, FMLAB_SMOKE=1, only thins out the plotted curves).
 SIZES = {
     "quick": {"batch": 6, "classes": 5, "sweep_points": 401},
     "full": {"batch": 6, "classes": 5, "sweep_points": 401},
+    "smoke": {"sweep_points": 101},
 }
 
 

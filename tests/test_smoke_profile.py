@@ -1,0 +1,67 @@
+"""Every chapter and lab runs to the end in the full profile, where the full datasets cannot
+be had, with a token amount of work.
+
+The notebooks run with ``FMLAB_PROFILE=full FMLAB_SMOKE=1 FMLAB_DEVICE=cpu`` (the full
+profile's code paths and sizes, each size table's ``"smoke"`` entry laid over them), with
+``FMLAB_OFFLINE=1`` and an empty ``FMLAB_DATA`` so that no dataset is cached and none may be
+downloaded: ``fmlab.data.load`` must fall back to the embedded images, and every size that
+depends on the data must fit them. The notebooks are discovered by glob, so a new chapter or lab
+is covered as soon as it exists.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import fmlab
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted(ROOT.glob("book/*.ipynb")) + sorted(ROOT.glob("labs/*.ipynb"))
+FALLBACK_NOTICE = "Using the bundled 5,000-image subset"
+
+
+def size_tables():
+    """(module name, SIZES) for every fmlab module that defines a chapter's size table."""
+    for info in pkgutil.iter_modules(fmlab.__path__):
+        if info.name.startswith("_"):  # __main__ runs the command line
+            continue
+        module = importlib.import_module(f"fmlab.{info.name}")
+        if isinstance(getattr(module, "SIZES", None), dict):
+            yield info.name, module.SIZES
+
+
+@pytest.mark.parametrize("name, sizes", list(size_tables()), ids=lambda v: str(v)[:20])
+def test_every_size_table_has_a_smoke_entry_within_its_profiles(name, sizes):
+    assert {"quick", "full", "smoke"} <= set(sizes), (
+        f"fmlab.{name}.SIZES needs 'quick', 'full' and 'smoke' entries")
+    assert sizes["quick"].keys() == sizes["full"].keys(), name
+    extra = set(sizes["smoke"]) - set(sizes["quick"])
+    assert not extra, f"fmlab.{name}.SIZES['smoke'] sets keys no profile has: {sorted(extra)}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[str(p.relative_to(ROOT)) for p in NOTEBOOKS])
+def test_full_profile_smoke_run_without_the_full_datasets(path, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    empty = tmp_path / "no-datasets-here"
+    empty.mkdir()
+    for key, value in {"FMLAB_PROFILE": "full", "FMLAB_SMOKE": "1", "FMLAB_DEVICE": "cpu",
+                       "FMLAB_OFFLINE": "1", "FMLAB_DATA": str(empty),
+                       "MPLBACKEND": "Agg"}.items():
+        monkeypatch.setenv(key, value)
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+
+    streams = "".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
+                      for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+    if any('load("mnist"' in cell.source for cell in nb.cells if cell.cell_type == "code"):
+        assert FALLBACK_NOTICE in streams, (
+            f"{path.name} loads MNIST but the offline fallback notice never appeared")
