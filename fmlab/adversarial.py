@@ -54,7 +54,7 @@ SIZES = {
     # FMLAB_SMOKE=1: the profile's code paths with token epochs, attack steps and subsets
     "smoke": {
         "std_epochs": 1, "at_epochs": 1, "at_ramp_epochs": 1, "at_steps": 2,
-        "fgsm_epochs": 2, "fgsm_ramp_epochs": 1, "watch_n": 20,
+        "fgsm_epochs": 1, "fgsm_ramp_epochs": 1, "watch_n": 20,
         "eval_steps": 2, "eval_restarts": 2, "sweep_n": 40, "sweep_steps": 2,
         "sweep_eps": [0.0, 0.1, 0.3], "strong_n": 20, "strong_steps": 3, "strong_restarts": 2,
     },

@@ -51,9 +51,11 @@ def test_full_profile_smoke_run_without_the_full_datasets(path, tmp_path, monkey
 
     empty = tmp_path / "no-datasets-here"
     empty.mkdir()
+    # One thread per kernel: the runs are tiny, and torch's default thread pool slows down
+    # many times over when other processes share the cores.
     for key, value in {"FMLAB_PROFILE": "full", "FMLAB_SMOKE": "1", "FMLAB_DEVICE": "cpu",
-                       "FMLAB_OFFLINE": "1", "FMLAB_DATA": str(empty),
-                       "MPLBACKEND": "Agg"}.items():
+                       "FMLAB_OFFLINE": "1", "FMLAB_DATA": str(empty), "MPLBACKEND": "Agg",
+                       "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}.items():
         monkeypatch.setenv(key, value)
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3",
