@@ -21,8 +21,11 @@ book: install
 	FMLAB_PROFILE=quick $(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The website is in _build/html/index.html"
 
+# Two workers, one thread each (tests/conftest.py limits torch, nbval's kernels and the tests'
+# subprocesses to one thread under xdist); --dist loadfile keeps each file, and so each
+# notebook's cells, on one worker.
 test: install
-	FMLAB_PROFILE=quick $(PY) -m pytest
+	FMLAB_PROFILE=quick $(PY) -m pytest -n 2 --dist loadfile
 
 bench: install
 	FMLAB_PROFILE=quick $(PY) benchmarks/bench_train.py
