@@ -27,8 +27,9 @@ book: install
 test: install
 	FMLAB_PROFILE=quick $(PY) -m pytest -n 2 --dist loadfile
 
+# The fit-vs-loop benchmark (fmlab bench train); on a shared machine add OMP_NUM_THREADS=1.
 bench: install
-	FMLAB_PROFILE=quick $(PY) benchmarks/bench_train.py
+	FMLAB_PROFILE=quick $(PY) -m fmlab bench train
 
 clean:
 	rm -rf _build book/labs
