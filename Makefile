@@ -21,11 +21,15 @@ book: install
 	FMLAB_PROFILE=quick $(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The website is in _build/html/index.html"
 
+# Two workers, one thread each (tests/conftest.py limits torch, nbval's kernels and the tests'
+# subprocesses to one thread under xdist); --dist loadfile keeps each file, and so each
+# notebook's cells, on one worker.
 test: install
-	FMLAB_PROFILE=quick $(PY) -m pytest
+	FMLAB_PROFILE=quick $(PY) -m pytest -n 2 --dist loadfile
 
+# The fit-vs-loop benchmark (fmlab bench train); on a shared machine add OMP_NUM_THREADS=1.
 bench: install
-	FMLAB_PROFILE=quick $(PY) benchmarks/bench_train.py
+	FMLAB_PROFILE=quick $(PY) -m fmlab bench train
 
 clean:
 	rm -rf _build book/labs

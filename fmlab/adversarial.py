@@ -13,17 +13,18 @@ gradient in float32 even inside a mixed-precision training loop.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .train import eval_mode, train_mode
+
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Chapter sizes (book/04_adversarial.ipynb). ``at_*``: PGD adversarial training (alpha_ratio:
-# step = ratio * eps; None = 2.5 / steps); ``fgsm_*``: the FGSM-RS section; ``sweep_n``: the test
+# step = ratio * eps; None = pgd_step_size's default); ``fgsm_*``: the FGSM-RS section; ``sweep_n``: the test
 # images the ε sweeps and diagnostics use (the headline number always uses the whole test
 # split); ``eval_*``: the attack behind the headline number; ``strong_*``: the stronger attack of
 # the honest-evaluation checks, on the first ``strong_n`` sweep images.
@@ -65,19 +66,26 @@ SIZES = {
 # Helpers
 # ---------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode inside the block, then restore each submodule's own mode."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was_training in modes:
-            m.training = was_training
+# Wong, Rice & Kolter (2020): FGSM with a random start trains well with a step of 1.25 eps.
+FGSM_RS_ALPHA_RATIO = 1.25
 
 
-def _check(x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
+def pgd_step_size(eps: float, steps: int) -> float:
+    """The step size :func:`pgd` takes when none is given: ``alpha = 2.5 * eps / steps``.
+
+    A common heuristic, not a derived optimum: ``steps`` steps of this size travel 2.5 eps,
+    more than the ball's diameter 2 eps, so the iterate can cross the ball from any random
+    start and still move along its boundary. Madry et al. (2018) chose their steps by hand;
+    their MNIST setting, 40 steps of 0.01 at eps = 0.3, is ``alpha = 1.33 * eps / steps``.
+
+    >>> round(pgd_step_size(0.3, 10), 6)
+    0.075
+    """
+    return 2.5 * eps / max(steps, 1)
+
+
+def _check_attack_inputs(x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
+    """Images as floats in [0, 1], one label per image, eps >= 0; a clear error otherwise."""
     if not torch.is_floating_point(x):
         raise TypeError(f"x must be a float tensor of images in [0, 1], got dtype {x.dtype}")
     if x.shape[0] != y.shape[0]:
@@ -156,8 +164,20 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *,
     ``x' = clip_[0,1](x + eps * sign(grad_x L(f(x), y)))``; targeted: ``x - eps * sign(...)`` of
     the target's loss. This maximises the *linearised* loss over the ε-ball. Returns a detached
     tensor of the same shape as ``x``.
+
+    Examples
+    --------
+    A linear model whose input gradient is easy to work out: for class 0 at ``x``, the
+    gradient of the loss is ``W^T (softmax - onehot) = [-1, 1, 0]``, so FGSM moves the first
+    pixel down, the second up, and leaves the third alone (sign 0).
+
+    >>> from torch import nn
+    >>> model = nn.Linear(3, 2, bias=False)
+    >>> _ = model.weight.data.copy_(torch.tensor([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0]]))
+    >>> fgsm(model, torch.tensor([[0.5, 0.5, 0.5]]), torch.tensor([0]), eps=0.1)
+    tensor([[0.4000, 0.6000, 0.5000]])
     """
-    _check(x, y, eps)
+    _check_attack_inputs(x, y, eps)
     with eval_mode(model):
         grad = _input_grad(model, x, y, targeted)
     return torch.clamp(x.detach() + eps * grad.sign(), 0.0, 1.0)
@@ -170,18 +190,28 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
 
     Each step ``x <- Proj(x + alpha * sign(grad_x L))``, with ``Proj`` = :func:`project`. With
     ``random_start`` the first point is ``x`` plus uniform noise in [-eps, eps] (projected to
-    the box). ``alpha`` defaults to ``2.5 * eps / steps``, a common heuristic (the MadryLab
-    robustness library evaluates with it): the steps add up to 2.5 times the radius, enough to
-    cross the ball and turn back. Madry et al.'s own MNIST attack is 40 steps of 0.01 at
-    ``eps = 0.3``, i.e. ``1.33 * eps / steps``. ``targeted=True`` treats ``y`` as the target labels and descends their
+    the box). ``alpha`` defaults to :func:`pgd_step_size`. ``targeted=True`` treats ``y`` as the target labels and descends their
     loss. With ``restarts > 1`` each example keeps the first restart that fools the model (for
     targeted attacks: that hits the target), otherwise the one with the highest objective.
     ``loss="margin"`` ascends :func:`margin_loss` instead of the cross-entropy.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    >>> x, y = torch.rand(5, 1, 8, 8), torch.randint(0, 10, (5,))
+    >>> x_adv = pgd(model, x, y, eps=0.1, steps=10, generator=torch.Generator().manual_seed(0))
+    >>> bool((x_adv - x).abs().max() <= 0.1 + 1e-6), bool(x_adv.min() >= 0 and x_adv.max() <= 1)
+    (True, True)
+    >>> loss = nn.functional.cross_entropy
+    >>> bool(loss(model(x_adv), y) > loss(model(fgsm(model, x, y, 0.1)), y))  # beats one step
+    True
     """
-    _check(x, y, eps)
+    _check_attack_inputs(x, y, eps)
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
-    alpha = 2.5 * eps / max(steps, 1) if alpha is None else alpha
+    alpha = pgd_step_size(eps, steps) if alpha is None else alpha
     x = x.detach()
     best, best_success, best_obj = x.clone(), None, None
     with eval_mode(model):
@@ -226,7 +256,20 @@ def robust_accuracy(model: nn.Module, data, attack: Attack | None = None, *, bat
 
     ``data`` is an fmlab Dataset or a pair ``(x, y)``; ``attack=None`` gives clean accuracy.
     Build attacks with :func:`functools.partial`, e.g. ``partial(pgd, eps=0.3, steps=40)``.
-    Predictions are made in eval mode; the model's mode is restored afterwards.
+    Predictions are made in eval mode; each submodule's mode is restored afterwards.
+
+    Examples
+    --------
+    >>> from functools import partial
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    >>> x = torch.rand(20, 1, 8, 8)
+    >>> y = model(x).argmax(1)  # labels the model gets right: clean accuracy 1
+    >>> robust_accuracy(model, (x, y))
+    1.0
+    >>> robust_accuracy(model, (x, y), partial(pgd, eps=0.5, steps=10)) < 1.0
+    True
     """
     x, y = _tensors(data)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -260,10 +303,10 @@ def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alph
     """FGSM with random init, the training attack of Wong, Rice & Kolter (2020).
 
     ``delta ~ U[-eps, eps]``, then one step ``delta <- clip_eps(delta + alpha * sign(grad))``;
-    ``alpha`` defaults to ``1.25 * eps``. With ``random_start=False`` and ``alpha = eps`` this is
-    plain FGSM.
+    ``alpha`` defaults to ``FGSM_RS_ALPHA_RATIO * eps`` = ``1.25 * eps``. With
+    ``random_start=False`` and ``alpha = eps`` this is plain FGSM.
     """
-    alpha = 1.25 * eps if alpha is None else alpha
+    alpha = FGSM_RS_ALPHA_RATIO * eps if alpha is None else alpha
     return pgd(model, x, y, eps, alpha, steps=1, random_start=random_start, generator=generator)
 
 
@@ -271,8 +314,9 @@ class AdversarialTransform:
     """A ``batch_transform(model, xb, yb) -> x_adv`` for :func:`fmlab.train.fit`.
 
     ``method="pgd"``: PGD-AT (Madry et al. 2018) with ``steps`` steps of size
-    ``alpha_ratio * eps`` from a random start. ``method="fgsm_rs"``: one step of size
-    ``alpha_ratio * eps`` from a random start (Wong et al. 2020; ``alpha_ratio=1.25``).
+    ``alpha_ratio * eps`` from a random start (default: :func:`pgd_step_size`).
+    ``method="fgsm_rs"``: one step of size ``alpha_ratio * eps`` from a random start (default:
+    ``FGSM_RS_ALPHA_RATIO``, Wong et al. 2020).
     ``eps`` is a number or a schedule ``batch_index -> eps`` such as :func:`linear_ramp`; the
     transform counts the batches it has seen in ``self.batches``.
     """
@@ -284,7 +328,7 @@ class AdversarialTransform:
             raise ValueError(f"method must be 'pgd' or 'fgsm_rs', got {method!r}")
         self.eps = eps if callable(eps) else (lambda batch, e=float(eps): e)
         self.method, self.steps, self.random_start, self.generator = method, steps, random_start, generator
-        default = 2.5 / steps if method == "pgd" else 1.25
+        default = pgd_step_size(1.0, steps) if method == "pgd" else FGSM_RS_ALPHA_RATIO
         self.alpha_ratio = default if alpha_ratio is None else alpha_ratio
         self.batches = 0
 
@@ -309,18 +353,17 @@ def adversarial_training_step(model: nn.Module, optimizer: torch.optim.Optimizer
     Minimises ``E max_{||d|| <= eps} L(f(x + d), y)`` (Madry et al. 2018): find the inner
     maximiser with :func:`pgd` (model in eval mode), then take an optimizer step on the loss
     at it with the model in train mode. Gradients are zeroed first, so calls never
-    accumulate. Returns the batch's adversarial loss; the model's mode is restored.
+    accumulate. Returns the batch's adversarial loss; each submodule's mode is restored.
     """
     x_adv = pgd(model, x, y, eps, alpha, steps, random_start=random_start, generator=generator)
-    was_training = model.training
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x_adv), y)
-    loss.backward()
-    optimizer.step()
-    model.train(was_training)
+    with train_mode(model):
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x_adv), y)
+        loss.backward()
+        optimizer.step()
     return loss.item()
 
 
-__all__ = ["SIZES", "fgsm", "pgd", "margin_loss", "fgsm_rs", "project", "eval_mode", "robust_accuracy",
-           "linear_ramp", "AdversarialTransform", "adversarial_training_step"]
+__all__ = ["SIZES", "fgsm", "pgd", "pgd_step_size", "margin_loss", "fgsm_rs", "project", "eval_mode",
+           "robust_accuracy", "linear_ramp", "AdversarialTransform", "adversarial_training_step",
+           "FGSM_RS_ALPHA_RATIO"]

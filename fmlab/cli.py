@@ -84,6 +84,40 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Run ``benchmarks/bench_<name>.py`` of a checkout of the repository with the options given.
+
+    The benchmarks time the book's notebooks and compare ``fit`` with a hand-written loop, so
+    they need the repository (book/, labs/, benchmarks/), which a pip-installed fmlab lacks.
+    """
+    import importlib.util
+
+    here = Path(__file__).resolve().parents[1]  # the checkout, for an editable install
+    folders = [f for f in (Path.cwd() / "benchmarks", here / "benchmarks") if f.is_dir()]
+    if not folders:
+        print("error: fmlab bench runs the scripts in benchmarks/ of a checkout of the repository; "
+              "run it from there (git clone, then pip install -e .)", file=sys.stderr)
+        return 2
+    scripts = {p.stem.removeprefix("bench_"): p for p in sorted(folders[0].glob("bench_*.py"))}
+    if args.name not in scripts:
+        print(f"error: unknown benchmark {args.name!r}; choose one of: {', '.join(scripts)}",
+              file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location(f"bench_{args.name}", scripts[args.name])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args.options)
+
+
+def _add_bench_parser(sub) -> None:
+    b = sub.add_parser("bench", help="run a benchmark of benchmarks/ and update benchmarks/RESULTS.md",
+                       description="Run benchmarks/bench_NAME.py (from a checkout of the repository); "
+                       "options after NAME go to the script, e.g. fmlab bench train --repeats 3.")
+    b.add_argument("name", nargs="?", default="train", help="the benchmark (default: train)")
+    b.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark script")
+    b.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmlab", description="Foundation Models Lab: course tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="show the data folder and what is cached there")
     d.set_defaults(func=cmd_data)
+    _add_bench_parser(sub)
     return parser
 
 

@@ -136,6 +136,18 @@ def load(name: str, split: str = "train", n: int | None = None, seed: int = 0,
     ``source`` for mnist: ``"embedded"`` (the 5,000 bundled images), ``"torchvision"`` (the
     full set; an error if it cannot be had) or ``"auto"`` (embedded in the quick profile,
     otherwise torchvision, falling back to embedded with a notice).
+
+    Examples
+    --------
+    >>> train = load("mnist", "train", n=1000, source="embedded")
+    >>> train
+    Dataset('mnist-5k', n=1000, image=(1, 28, 28), classes=10, device=cpu)
+    >>> train.x.dtype, float(train.x.min()) >= 0.0, float(train.x.max()) <= 1.0, train.y.dtype
+    (torch.float32, True, True, torch.int64)
+    >>> len(load("mnist", "test", source="embedded")), len(load("digits", "test"))
+    (1000, 360)
+    >>> load("shapes", n=8).masks.shape  # where each object is
+    torch.Size([8, 32, 32])
     """
     key = name.lower().replace("_", "-")
     if key not in NAMES:

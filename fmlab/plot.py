@@ -35,19 +35,6 @@ def curves(history, title: str | None = None):
     return fig
 
 
-def compare_curves(histories: dict, metric: str = "val_acc", ylabel: str | None = None):
-    """One metric of several runs, one line each (``histories``: name -> History)."""
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for name, h in histories.items():
-        values = getattr(h, metric)
-        ax.plot(range(1, len(values) + 1), values, "o-", label=name)
-    ax.set(xlabel="epoch", ylabel=ylabel or metric.replace("_", " "))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
 def _as_image(img: torch.Tensor):
     img = img.detach().float().cpu()
     if img.dim() == 3 and img.shape[0] == 1:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -76,7 +76,6 @@ class Profile:
     epochs: int
     batch_size: int
     amp: bool
-    extra: Mapping[str, Any] = field(default_factory=dict)
     smoke: bool = False  # FMLAB_SMOKE=1: this profile's code paths, a token amount of work
 
     def pick(self, sizes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -149,8 +148,3 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def in_colab() -> bool:
-    """True inside Google Colab."""
-    return "COLAB_RELEASE_TAG" in os.environ or "google.colab" in __import__("sys").modules

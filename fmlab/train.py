@@ -2,21 +2,27 @@
 
 Explained in book/01_training_cnn.ipynb, where the same loop is first written out by hand.
 
+``fit`` is built from small steps, each usable on its own:
+
+* :func:`train_one_epoch`: one pass of gradient descent over a list of batches (the function
+  the CNN lab asks students to write, with a few keyword-only extras);
+* :class:`EarlyStopping`: watches a validation metric and keeps the best epoch's weights;
+* :func:`save_checkpoint` / :func:`load_checkpoint`: everything a killed run needs to resume
+  where it stopped and end with the same weights as an uninterrupted one (on the CPU, where
+  kernels are deterministic).
+
 ``fit`` keeps the data as tensors on the device and slices them into batches, shows a
-``tqdm.auto`` progress bar, records a :class:`History`, stops early on a validation metric,
-and checkpoints every epoch so that a killed run resumes where it stopped and ends with the
-same weights as an uninterrupted one (on the CPU, where kernels are deterministic).
+``tqdm.auto`` progress bar and records a :class:`History`.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset, batches
-from .runtime import device as default_device
 from .runtime import atomic_write, profile
-
+from .runtime import device as default_device
 
 # Sizes of book/01_training_cnn.ipynb, per profile (read with ``profile().pick(SIZES)``).
 # ``val_fraction``: the share of the training images held out for validation (a fraction, so
@@ -41,6 +46,12 @@ SIZES = {
     # FMLAB_SMOKE=1: the same code paths, a token amount of training
     "smoke": {"hand_epochs": 1, "epochs": 1, "seeds": 1, "best_epochs": 1},
 }
+
+
+# A finiteness check per step would synchronise with a GPU and costs a few percent on a CPU,
+# so losses stay on the device and are checked every CHECK_EVERY steps; the check still names
+# the first bad step.
+CHECK_EVERY = 25
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -64,6 +75,11 @@ class History:
     def epochs(self) -> int:
         return len(self.train_loss)
 
+    def last(self) -> dict[str, str]:
+        """The last epoch's loss and accuracies, formatted (for a progress bar)."""
+        names = ("train_loss", "train_acc", "val_acc")
+        return {n: f"{getattr(self, n)[-1]:.4f}" for n in names if getattr(self, n)}
+
     def __repr__(self) -> str:
         last = f"train_acc={self.train_acc[-1]:.4f}" if self.train_acc else "empty"
         if self.val_acc:
@@ -71,15 +87,186 @@ class History:
         return f"History(epochs={self.epochs}, {last})"
 
 
+# ---------------------------------------------------------------------------------------------
+# Train and eval mode
+# ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _modes_restored(model: nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, was_training in modes:
+            m.training = was_training
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode inside the block, then restore each submodule's own mode.
+
+    ``model.train(was_training)`` would not do: it sets every submodule to the top module's
+    mode, so a submodule deliberately kept in eval mode (a frozen batch-norm layer) would come
+    back in train mode.
+
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5))
+    >>> _ = net[1].eval()  # a frozen part inside a model in train mode
+    >>> with eval_mode(net):
+    ...     net.training, net[1].training
+    (False, False)
+    >>> net.training, net[1].training
+    (True, False)
+    """
+    with _modes_restored(model):
+        yield model.eval()
+
+
+@contextlib.contextmanager
+def train_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in train mode inside the block, then restore each submodule's own mode."""
+    with _modes_restored(model):
+        yield model.train()
+
+
+# ---------------------------------------------------------------------------------------------
+# One epoch
+# ---------------------------------------------------------------------------------------------
+
+def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                    optimizer: torch.optim.Optimizer, loss_fn: Callable, *,
+                    scheduler=None, batch_transform: Callable | None = None,
+                    autocast: torch.dtype | None = None, correct: torch.Tensor | None = None,
+                    on_batch: Callable[[], object] | None = None, epoch: int = 1) -> float:
+    """One pass of gradient descent over ``batches``; returns the mean loss per example.
+
+    The model is put in train mode; then for each batch ``(x, y)``: clear the gradients,
+    ``loss = loss_fn(model(x), y)``, back-propagate, take an optimizer step. The result is
+    ``sum_b n_b l_b / sum_b n_b`` (``l_b``: the batch's mean loss, ``n_b``: its size), as a
+    float: the function labs/01_cnn.ipynb asks for. The keyword-only extras are what
+    :func:`fit` needs:
+
+    * ``scheduler``: a learning-rate scheduler, stepped after every batch;
+    * ``batch_transform(model, x, y) -> x``: applied before the forward pass (adversarial
+      training crafts its examples here); the model is put back in train mode afterwards;
+    * ``autocast``: a dtype such as ``torch.bfloat16`` for the forward pass (mixed precision);
+    * ``correct``: a 0-dim integer tensor; the number of examples whose largest output is
+      their label is added to it in place (training accuracy without a sync per batch);
+    * ``on_batch()``: called after each batch (a progress bar's ``update``);
+    * ``epoch``: the epoch a :class:`NonFiniteLossError` names.
+
+    Losses stay on the device, checked for nan/inf every ``CHECK_EVERY`` batches.
+
+    Examples
+    --------
+    >>> _ = torch.manual_seed(0)
+    >>> model, x, y = nn.Linear(4, 3), torch.randn(10, 4), torch.randint(0, 3, (10,))
+    >>> sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> epoch_batches = [(x[:6], y[:6]), (x[6:], y[6:])]  # the last batch is smaller
+    >>> first = train_one_epoch(model, epoch_batches, sgd, F.cross_entropy)
+    >>> second = train_one_epoch(model, epoch_batches, sgd, F.cross_entropy)
+    >>> type(first), second < first
+    (<class 'float'>, True)
+    """
+    model.train()
+    total, count, window = 0.0, 0, _Window()
+    for step, (x, y) in enumerate(batches, start=1):
+        if batch_transform is not None:
+            x = batch_transform(model, x, y)
+            model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(autocast, x):
+            out = model(x)  # (B, classes)
+            loss = loss_fn(out, y)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        window.add(loss, len(y), (out.detach().argmax(1) == y).sum() if correct is not None else None)
+        count += len(y)
+        if len(window) == CHECK_EVERY:
+            total = total + window.flush(correct, epoch, step)
+        if on_batch is not None:
+            on_batch()
+    if count == 0:
+        raise ValueError("train_one_epoch got no batches: pass a non-empty list of (x, y) pairs")
+    total = total + window.flush(correct, epoch, step)
+    return float(total) / count
+
+
+def _autocast(dtype: torch.dtype | None, x: torch.Tensor):
+    return torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+class _Window:
+    """The last few batches' losses, sizes and hit counts, kept on the device until a flush."""
+
+    def __init__(self):
+        self.losses, self.sizes, self.hits = [], [], []
+
+    def __len__(self) -> int:
+        return len(self.losses)
+
+    def add(self, loss: torch.Tensor, size: int, hits: torch.Tensor | None) -> None:
+        self.losses.append(loss.detach())
+        self.sizes.append(size)
+        if hits is not None:
+            self.hits.append(hits)
+
+    def flush(self, correct: torch.Tensor | None, epoch: int, last_step: int) -> torch.Tensor | float:
+        """The window's summed loss ``sum n_b l_b`` (float32), after the finiteness check;
+        adds the hit counts to ``correct``; empties the window."""
+        if not self.losses:
+            return 0.0
+        losses = _check_finite(self.losses, epoch, last_step)  # (k,) float32
+        total = (losses * torch.tensor(self.sizes, device=losses.device)).sum()
+        if correct is not None:
+            correct += torch.stack(self.hits).sum()
+        self.losses, self.sizes, self.hits = [], [], []
+        return total
+
+
+def _check_finite(losses: list[torch.Tensor], epoch: int, last_step: int) -> torch.Tensor:
+    """The window's losses as one float32 tensor, or an error naming the first bad step."""
+    window = torch.stack(losses).float()
+    finite = torch.isfinite(window)
+    if bool(finite.all()):
+        return window
+    first = last_step - len(losses) + 1 + int((~finite).nonzero()[0, 0])
+    raise NonFiniteLossError(
+        f"the loss became {window[~finite][0].item()} at epoch {epoch}, step {first}. "
+        "Try a smaller learning rate, check the inputs for nan/inf, or clip gradients "
+        "(torch.nn.utils.clip_grad_norm_).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Early stopping
+# ---------------------------------------------------------------------------------------------
+
 @dataclass
 class EarlyStopping:
     """Stop when ``metric`` has not improved by ``min_delta`` for ``patience`` epochs, and
-    (with ``restore_best``) put back the weights of the best epoch (Prechelt 1998)."""
+    (with ``restore_best``) put back the weights of the best epoch (Prechelt 1998).
+
+    The object owns its state: the best score and epoch, a copy of the best weights, and the
+    number of epochs since the last improvement. :meth:`step` records an epoch and says
+    whether to stop; :meth:`state_dict` / :meth:`load_state_dict` carry the state through a
+    checkpoint.
+
+    >>> stop, net = EarlyStopping(patience=2, metric="val_loss"), nn.Linear(2, 1)
+    >>> [stop.step(loss, net, epoch) for epoch, loss in enumerate([0.9, 0.7, 0.8, 0.75], 1)]
+    [False, False, False, True]
+    >>> stop.best_epoch, stop.best_score
+    (2, 0.7)
+    """
 
     patience: int = 3
     metric: str = "val_acc"  # or "val_loss"
     min_delta: float = 0.0
     restore_best: bool = True
+    best_score: float | None = field(default=None, init=False)
+    best_epoch: int | None = field(default=None, init=False)  # 1-based
+    best_state: dict | None = field(default=None, init=False, repr=False)
+    bad_epochs: int = field(default=0, init=False)
 
     def __post_init__(self):
         if self.metric not in ("val_acc", "val_loss"):
@@ -90,6 +277,91 @@ class EarlyStopping:
             return True
         return new > best + self.min_delta if self.metric == "val_acc" else new < best - self.min_delta
 
+    def step(self, score: float, model: nn.Module, epoch: int) -> bool:
+        """Record epoch ``epoch``'s score (keeping the weights if it is the best so far);
+        return True when ``patience`` epochs have passed without improvement."""
+        if self.better(score, self.best_score):
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
+            if self.restore_best:
+                self.best_state = copy.deepcopy(model.state_dict())
+            return False
+        self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best epoch's weights into ``model`` (when they were kept)."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.init}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def reset(self) -> None:
+        """Forget every epoch seen (a new run starts)."""
+        self.load_state_dict(EarlyStopping().state_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    history: History, *, scheduler=None, generator: torch.Generator | None = None,
+                    early_stopping: EarlyStopping | None = None, **settings) -> None:
+    """Write everything a run needs to resume to ``path``, atomically (a kill leaves the
+    previous checkpoint whole): weights, optimizer and scheduler state, history, the batch
+    order's generator, the global random state, early stopping's state, and ``settings``
+    (e.g. batch size and seed), which :func:`load_checkpoint` checks."""
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "history": asdict(history),
+        "generator": generator.get_state() if generator is not None else None,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+        "early_stopping": early_stopping.state_dict() if early_stopping is not None else None,
+        "settings": settings,
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, *,
+                    scheduler=None, generator: torch.Generator | None = None,
+                    early_stopping: EarlyStopping | None = None,
+                    device: torch.device | str | None = None, **settings) -> History:
+    """Restore what :func:`save_checkpoint` wrote into the given objects; return the History.
+
+    ``settings`` must equal the saved ones: resuming with another batch size or seed would
+    silently give another run.
+    """
+    try:
+        ck = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:
+        raise RuntimeError(f"checkpoint {path} cannot be read ({err}); delete it to start over") from err
+    if ck.get("settings") != settings:
+        raise ValueError(f"checkpoint {path} was written with {ck.get('settings')}, not {settings}; "
+                         "delete it or pass the same settings")
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    if scheduler is not None and ck["scheduler"] is not None:
+        scheduler.load_state_dict(ck["scheduler"])
+    if generator is not None and ck["generator"] is not None:
+        generator.set_state(ck["generator"])
+    torch.set_rng_state(ck["torch_rng"])
+    if ck["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(ck["cuda_rng"])
+    if early_stopping is not None and ck["early_stopping"] is not None:
+        early_stopping.load_state_dict(ck["early_stopping"])
+    return History(**ck["history"])
+
+
+# ---------------------------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------------------------
 
 def _make_optimizer(optimizer, model: nn.Module, lr: float) -> torch.optim.Optimizer:
     if optimizer is None:
@@ -101,158 +373,102 @@ def _make_optimizer(optimizer, model: nn.Module, lr: float) -> torch.optim.Optim
     raise TypeError("optimizer must be None, a torch.optim.Optimizer, or a function params -> optimizer")
 
 
-def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, epochs: int,
-        optimizer=None, lr: float = 1e-3, batch_size: int = 64,
-        loss_fn: Callable = F.cross_entropy,
-        batch_transform: Callable | None = None,
-        early_stopping: EarlyStopping | None = None,
-        checkpoint: str | Path | None = None, resume: bool = True,
-        scheduler: Callable | None = None, seed: int = 0,
-        device: torch.device | str | None = None, amp: bool | None = None,
-        progress: bool = True) -> History:
-    """Train ``model`` on ``train`` for ``epochs`` epochs and return its :class:`History`.
-
-    * ``optimizer``: an optimizer, a function ``params -> optimizer``, or ``None`` for Adam(lr).
-    * ``scheduler``: a function ``optimizer -> LR scheduler``, stepped after every batch.
-    * ``batch_transform(model, xb, yb) -> xb``: applied to each batch before the forward
-      pass (adversarial training crafts its examples here); the model is put back in train
-      mode afterwards.
-    * ``checkpoint``: a file written after every epoch; with ``resume`` an existing one is
-      loaded and training continues from it (a finished run returns at once).
-    * ``amp``: bfloat16 autocast; default on for CUDA in the full profile.
-    """
+def _check_fit_arguments(train: Dataset, val: Dataset | None, epochs: int,
+                         early_stopping: EarlyStopping | None) -> None:
     if epochs < 0:
         raise ValueError(f"epochs must be non-negative, got {epochs}")
     if len(train) == 0:
         raise ValueError("the training set is empty")
     if early_stopping is not None and val is None:
         raise ValueError("early stopping watches a validation metric: pass val=...")
+
+
+def fit(model: nn.Module, train: Dataset, val: Dataset | None = None, *, epochs: int,
+        optimizer=None, lr: float = 1e-3, batch_size: int = 64, loss_fn: Callable = F.cross_entropy,
+        batch_transform: Callable | None = None, early_stopping: EarlyStopping | None = None,
+        checkpoint: str | Path | None = None, resume: bool = True, scheduler: Callable | None = None,
+        seed: int = 0, device: torch.device | str | None = None, amp: bool | None = None,
+        progress: bool = True) -> History:
+    """Train ``model`` on ``train`` for ``epochs`` epochs and return its :class:`History`.
+
+    * ``optimizer``: an optimizer, a function ``params -> optimizer``, or ``None`` for Adam(lr).
+    * ``scheduler``: a function ``optimizer -> LR scheduler``, stepped after every batch.
+    * ``batch_transform(model, xb, yb) -> xb``: see :func:`train_one_epoch`.
+    * ``early_stopping``: an :class:`EarlyStopping`, watching ``val``; the model ends with the
+      best epoch's weights however training ended.
+    * ``checkpoint``: a file written after every epoch; with ``resume`` an existing one is
+      loaded and training continues from it (a finished run returns at once).
+    * ``amp``: bfloat16 autocast; default on for CUDA in the full profile.
+
+    Examples
+    --------
+    >>> import fmlab
+    >>> from fmlab import data, models
+    >>> digits, _ = data.load("digits", n=200), fmlab.seed_everything(0)
+    >>> model = models.SeedCNN(1, 10, 8)
+    >>> history = fit(model, digits, epochs=2, batch_size=50, progress=False, device="cpu")
+    >>> history.epochs, history.train_loss[1] < history.train_loss[0]
+    (2, True)
+    """
+    _check_fit_arguments(train, val, epochs, early_stopping)
     dev = torch.device(device) if device is not None else default_device()
-    model.to(dev)
-    train = train.to(dev)
-    val = val.to(dev) if val is not None else None
-    opt = _make_optimizer(optimizer, model, lr)
-    sched = scheduler(opt) if scheduler is not None else None
-    use_amp = (profile().amp if amp is None else amp) and dev.type == "cuda"
-    gen = torch.Generator().manual_seed(seed)
-    history, start_epoch = History(), 0
-    best_score, best_state, bad_epochs = None, None, 0
-
-    path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None and resume and path.exists():
-        try:
-            ck = torch.load(path, map_location=dev, weights_only=False)
-        except Exception as err:
-            raise RuntimeError(f"checkpoint {path} cannot be read ({err}); delete it to start over") from err
-        if ck["batch_size"] != batch_size or ck["seed"] != seed:
-            raise ValueError(f"checkpoint {path} was written with batch_size={ck['batch_size']}, "
-                             f"seed={ck['seed']}; delete it or pass the same settings")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if sched is not None and ck["scheduler"] is not None:
-            sched.load_state_dict(ck["scheduler"])
-        history = History(**ck["history"])
-        gen.set_state(ck["generator"])
-        torch.set_rng_state(ck["torch_rng"])
-        if dev.type == "cuda" and ck.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(ck["cuda_rng"])
-        best_score, best_state, bad_epochs = ck["early_stopping"]
-        start_epoch = history.epochs
-        if history.stopped_early:
-            return history
-
-    steps_per_epoch = math.ceil(len(train) / batch_size)
-    # A finiteness check per step would synchronise with a GPU and costs a few percent on a
-    # CPU, so losses are kept on the device and checked every few steps; the check still
-    # names the first bad step.
-    check_every = 25
-    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-    bar = tqdm(total=(epochs - start_epoch) * steps_per_epoch, disable=not progress,
-               desc="fit", unit="batch", leave=False)
-    try:
-        for epoch in range(start_epoch, epochs):
-            t0 = time.perf_counter()
-            model.train()
-            loss_sum = torch.zeros((), device=dev)
-            correct = torch.zeros((), device=dev, dtype=torch.long)
-            # Per-batch losses and hit counts stay on the device, summed every check_every steps:
-            # a reduction per step would cost more than the bookkeeping is worth.
-            recent: list[torch.Tensor] = []
-            hits: list[torch.Tensor] = []
-            sizes: list[int] = []
-            for step, (xb, yb) in enumerate(batches(train.x, train.y, batch_size, generator=gen)):
-                if batch_transform is not None:
-                    xb = batch_transform(model, xb, yb)
-                    model.train()
-                with autocast():
-                    out = model(xb)  # (B, classes)
-                    loss = loss_fn(out, yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
-                recent.append(loss.detach())
-                hits.append((out.detach().argmax(1) == yb).sum())
-                sizes.append(len(yb))
-                if len(recent) == check_every or step == steps_per_epoch - 1:
-                    losses = _check_finite(recent, epoch, step)  # (k,) float32
-                    loss_sum += (losses * torch.tensor(sizes, device=dev)).sum()
-                    correct += torch.stack(hits).sum()
-                    recent, hits, sizes = [], [], []
-                bar.update(1)
-            history.train_loss.append(loss_sum.item() / len(train))
-            history.train_acc.append(correct.item() / len(train))
-            history.lr.append(opt.param_groups[0]["lr"])
-            if val is not None:
-                ev = evaluate(model, val, loss_fn=loss_fn)
-                history.val_loss.append(ev.loss)
-                history.val_acc.append(ev.accuracy)
-            history.epoch_time.append(time.perf_counter() - t0)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{history.train_loss[-1]:.4f}",
-                            **({"val_acc": f"{history.val_acc[-1]:.4f}"} if val is not None else {}))
-            if early_stopping is not None:
-                score = getattr(history, early_stopping.metric)[-1]
-                if early_stopping.better(score, best_score):
-                    best_score, bad_epochs, history.best_epoch = score, 0, epoch + 1
-                    best_state = copy.deepcopy(model.state_dict()) if early_stopping.restore_best else None
-                else:
-                    bad_epochs += 1
-                    history.stopped_early = bad_epochs >= early_stopping.patience
-            if (history.stopped_early or epoch == epochs - 1) and best_state is not None:
-                model.load_state_dict(best_state)  # the best epoch's weights, however training ended
-            if path is not None:
-                _save_checkpoint({
-                    "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "history": asdict(history), "generator": gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state() if dev.type == "cuda" else None,
-                    "early_stopping": (best_score, best_state, bad_epochs),
-                    "batch_size": batch_size, "seed": seed}, path)
+    train, val = train.to(dev), (val.to(dev) if val is not None else None)
+    opt = _make_optimizer(optimizer, model.to(dev), lr)
+    run = dict(model=model, optimizer=opt, scheduler=scheduler(opt) if scheduler is not None else None,
+               generator=torch.Generator().manual_seed(seed), early_stopping=early_stopping,
+               batch_size=batch_size, seed=seed)
+    if early_stopping is not None:
+        early_stopping.reset()
+    history = History()
+    if checkpoint is not None and resume and Path(checkpoint).exists():
+        history = load_checkpoint(checkpoint, device=dev, **run)
+    autocast = torch.bfloat16 if (profile().amp if amp is None else amp) and dev.type == "cuda" else None
+    steps = (epochs - history.epochs) * math.ceil(len(train) / batch_size)
+    with tqdm(total=max(steps, 0), disable=not progress, desc="fit", unit="batch", leave=False) as bar:
+        for epoch in range(history.epochs + 1, epochs + 1):
             if history.stopped_early:
                 break
-    finally:
-        bar.close()
+            t0, correct = time.perf_counter(), torch.zeros((), dtype=torch.long, device=dev)
+            loss = train_one_epoch(
+                model, batches(train.x, train.y, batch_size, generator=run["generator"]), opt, loss_fn,
+                scheduler=run["scheduler"], batch_transform=batch_transform, autocast=autocast,
+                correct=correct, on_batch=bar.update, epoch=epoch)
+            _record_epoch(history, model, val, loss_fn, loss, correct.item() / len(train),
+                          opt.param_groups[0]["lr"], t0)
+            bar.set_postfix(epoch=epoch, **history.last())
+            _watch(early_stopping, history, model, epoch, last_epoch=epochs)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, history=history, **run)
     return history
 
 
-def _save_checkpoint(state: dict, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))  # a kill keeps the last checkpoint
+def _watch(early_stopping: EarlyStopping | None, history: History, model: nn.Module, epoch: int,
+           last_epoch: int) -> None:
+    """Early stopping's verdict on an epoch; the best epoch's weights come back at the end,
+    whether patience ran out or not."""
+    if early_stopping is None:
+        return
+    history.stopped_early = early_stopping.step(getattr(history, early_stopping.metric)[-1], model, epoch)
+    history.best_epoch = early_stopping.best_epoch
+    if history.stopped_early or epoch == last_epoch:
+        early_stopping.restore(model)
 
 
-def _check_finite(losses: list[torch.Tensor], epoch: int, last_step: int) -> torch.Tensor:
-    """The window's losses as one float32 tensor, or an error naming the first bad step."""
-    window = torch.stack(losses).float()
-    finite = torch.isfinite(window)
-    if bool(finite.all()):
-        return window
-    first = last_step - len(losses) + 1 + int((~finite).nonzero()[0, 0])
-    raise NonFiniteLossError(
-        f"the loss became {window[~finite][0].item()} at epoch {epoch + 1}, step {first + 1}. "
-        "Try a smaller learning rate, check the inputs for nan/inf, or clip gradients "
-        "(torch.nn.utils.clip_grad_norm_).")
+def _record_epoch(history: History, model: nn.Module, val: Dataset | None, loss_fn: Callable,
+                  loss: float, accuracy: float, lr: float, t0: float) -> None:
+    history.train_loss.append(loss)
+    history.train_acc.append(accuracy)
+    history.lr.append(lr)
+    if val is not None:
+        ev = evaluate(model, val, loss_fn=loss_fn)
+        history.val_loss.append(ev.loss)
+        history.val_acc.append(ev.accuracy)
+    history.epoch_time.append(time.perf_counter() - t0)
 
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class Evaluation:
@@ -280,21 +496,28 @@ class Evaluation:
 
 def evaluate(model: nn.Module, data: Dataset, batch_size: int = 512,
              loss_fn: Callable = F.cross_entropy, device: torch.device | str | None = None) -> Evaluation:
-    """Evaluate ``model`` on ``data`` in eval mode (its mode is restored afterwards)."""
+    """Evaluate ``model`` on ``data`` in eval mode (each submodule's mode is restored afterwards).
+
+    Examples
+    --------
+    >>> from fmlab import data, models
+    >>> test = data.load("digits", "test", n=100)
+    >>> ev = evaluate(models.SeedCNN(1, 10, 8), test)
+    >>> ev.confusion.shape, int(ev.confusion.sum()), 0.0 <= ev.accuracy <= 1.0
+    (torch.Size([10, 10]), 100, True)
+    >>> print(ev.report)  # doctest: +ELLIPSIS
+                  precision    recall  f1-score   support
+    ...
+    """
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     preds, loss_sum = [], torch.zeros((), device=dev)
-    try:
-        with torch.inference_mode():
-            for xb, yb in batches(data.x.to(dev), data.y.to(dev), batch_size, shuffle=False):
-                out = model(xb).float()  # (B, classes)
-                loss_sum += loss_fn(out, yb, reduction="sum")
-                preds.append(out.argmax(1))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        for xb, yb in batches(data.x.to(dev), data.y.to(dev), batch_size, shuffle=False):
+            out = model(xb).float()  # (B, classes)
+            loss_sum += loss_fn(out, yb, reduction="sum")
+            preds.append(out.argmax(1))
     pred = torch.cat(preds).cpu()
     target = data.y.cpu()
     k = len(data.classes)

@@ -9,7 +9,8 @@ from torch import nn
 
 from fmlab import seed_everything
 from fmlab.adversarial import (SIZES, AdversarialTransform, adversarial_training_step, eval_mode,
-                               fgsm, fgsm_rs, linear_ramp, pgd, project, robust_accuracy)
+                               fgsm, fgsm_rs, linear_ramp, pgd, pgd_step_size, project,
+                               robust_accuracy)
 from fmlab.data import batches, load
 
 
@@ -304,3 +305,34 @@ def test_eval_mode_restores_on_error():
             assert not model.training
             raise RuntimeError("boom")
     assert model.training and all(m.training for m in model.modules())
+
+
+def test_every_entry_point_restores_each_submodules_own_mode(sample):
+    """A model in train mode with a frozen batch-norm layer (eval mode): attacks, robust
+    accuracy and an adversarial-training step leave each submodule's mode as it was.
+    ``model.train(was_training)`` would have put the frozen layer back in train mode."""
+    x, y = sample
+    x, y = x[:16], y[:16]
+    model = bn_dropout_cnn().train()
+    model[1].eval()
+    modes = [m.training for m in model.modules()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for run in (lambda: fgsm(model, x, y, 0.1), lambda: pgd(model, x, y, 0.1, steps=2),
+                lambda: robust_accuracy(model, (x, y), partial(pgd, eps=0.1, steps=2)),
+                lambda: adversarial_training_step(model, opt, x, y, 0.1, 0.05, 2),
+                lambda: AdversarialTransform(0.1, steps=2)(model, x, y)):
+        run()
+        assert [m.training for m in model.modules()] == modes
+
+
+def test_the_default_step_size_is_written_once():
+    """pgd, AdversarialTransform and fgsm_rs take their defaults from one place."""
+    assert pgd_step_size(0.3, 10) == pytest.approx(0.075) and pgd_step_size(0.3, 0) == 0.75
+    assert AdversarialTransform(0.3, steps=7).alpha_ratio == pytest.approx(pgd_step_size(1.0, 7))
+    model, x = bn_dropout_cnn().eval(), torch.rand(4, 1, 28, 28)
+    y = torch.zeros(4, dtype=torch.long)
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert torch.equal(pgd(model, x, y, 0.2, steps=3, generator=g()),
+                       pgd(model, x, y, 0.2, pgd_step_size(0.2, 3), 3, generator=g()))
+    assert torch.equal(fgsm_rs(model, x, y, 0.2, generator=g()),
+                       pgd(model, x, y, 0.2, 1.25 * 0.2, 1, generator=g()))

@@ -245,3 +245,42 @@ def test_sizes_table_has_both_profiles():
     assert set(optim.SIZES["quick"]) == set(optim.SIZES["full"])
     assert set(optim.SIZES["smoke"]) <= set(optim.SIZES["quick"])
     assert math.isfinite(optim.SIZES["quick"]["drift_steps"])
+
+
+@pytest.mark.parametrize("rule", ["sgd", "adagrad", "rmsprop", "adam"])
+def test_rules_have_torchs_shape(rule):
+    """Each rule takes its arguments under the names, and in the order, of torch.optim's
+    _single_tensor_<rule>, so a reader can diff the two."""
+    import importlib
+    import inspect
+
+    ours = inspect.signature(getattr(optim, f"_single_tensor_{rule}")).parameters
+    theirs = inspect.signature(getattr(importlib.import_module(f"torch.optim.{rule}"),
+                                       f"_single_tensor_{rule}")).parameters
+    assert set(ours) <= set(theirs), set(ours) - set(theirs)
+    positional = [n for n, p in ours.items() if p.kind is p.POSITIONAL_OR_KEYWORD]
+    assert positional == [n for n in theirs if n in positional]
+    assert all(theirs[n].kind is theirs[n].KEYWORD_ONLY
+               for n, p in ours.items() if p.kind is p.KEYWORD_ONLY)
+
+
+@pytest.mark.parametrize("name,options", CONFIGS, ids=IDS)
+def test_state_has_torchs_names_and_types(name, options):
+    _, ours = train(getattr(optim, name), options, steps=3)
+    _, ref = train(getattr(torch.optim, name), options, steps=3)
+    for p_ours, p_ref in zip(ours.param_groups[0]["params"], ref.param_groups[0]["params"]):
+        a, b = ours.state[p_ours], ref.state[p_ref]
+        assert set(a) == set(b)
+        assert all(type(a[k]) is type(b[k]) and a[k].dtype == b[k].dtype for k in a)
+
+
+def test_a_step_count_saved_as_a_number_still_counts():
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = optim.Adam([p], lr=0.1)
+    p.grad = torch.ones(3, dtype=torch.float64)
+    opt.step()
+    saved = opt.state_dict()
+    saved["state"][0]["step"] = 1  # an int, as an older version stored it
+    opt.load_state_dict(saved)
+    opt.step()
+    assert int(opt.state[p]["step"]) == 2

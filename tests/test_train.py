@@ -12,6 +12,7 @@ from torch import nn
 
 import fmlab
 from fmlab import data, models, train
+from fmlab.checks.cnn import reference_epoch  # what the CNN lab's q3 must do
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +167,87 @@ def test_best_weights_come_back_even_without_an_early_stop(digits):
     assert h.val_acc[-1] < max(h.val_acc) - 0.1
     kept = train.evaluate(model, te).accuracy
     assert kept == pytest.approx(h.val_acc[h.best_epoch - 1]) and kept == pytest.approx(max(h.val_acc))
+
+
+def _bn_net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+
+
+def test_train_one_epoch_is_the_labs_function(digits):
+    """Same weights and mean loss as the grader's reference for labs/01_cnn.ipynb q3, with a model handed over in eval mode,
+    batch norm, a short last batch, and more batches than one finiteness window."""
+    tr, _ = digits
+    sizes = [7] * 30 + [3]
+    bounds = torch.tensor([0] + sizes).cumsum(0).tolist()
+    epoch = [(tr.x[a:b], tr.y[a:b]) for a, b in zip(bounds, bounds[1:])]
+    a, b = _bn_net(), _bn_net()
+    a.eval()
+    b.eval()
+    got = train.train_one_epoch(a, epoch, torch.optim.SGD(a.parameters(), lr=0.05, momentum=0.9),
+                                F.cross_entropy)
+    want = reference_epoch(b, epoch, torch.optim.SGD(b.parameters(), lr=0.05, momentum=0.9),
+                                F.cross_entropy)
+    assert type(got) is float and got == pytest.approx(want, rel=1e-6)
+    assert a.training
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_train_one_epoch_counts_hits_and_rejects_no_batches(digits):
+    tr, _ = digits
+    model = _model()
+    correct = torch.zeros((), dtype=torch.long)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # no update: hits are the initial model's
+    epoch = list(data.batches(tr.x, tr.y, 64, shuffle=False))
+    train.train_one_epoch(model, epoch, opt, F.cross_entropy, correct=correct)
+    with torch.no_grad():
+        expected = (model(tr.x).argmax(1) == tr.y).sum()
+    assert correct == expected and 0 < int(correct) < len(tr)
+    with pytest.raises(ValueError, match="no batches"):
+        train.train_one_epoch(model, [], opt, F.cross_entropy)
+
+
+def test_mode_helpers_restore_each_submodules_own_mode():
+    """A frozen batch-norm layer stays in eval mode through evaluate, eval_mode, train_mode;
+    ``model.train(was_training)`` would have switched it back to train mode."""
+    ds = data.load("digits", n=64)
+    model = _bn_net()
+    model.train()
+    model[1].eval()  # frozen statistics inside a model that trains
+    modes = [m.training for m in model.modules()]
+    train.evaluate(model, ds)
+    assert [m.training for m in model.modules()] == modes
+    with train.eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    with train.train_mode(model):
+        assert all(m.training for m in model.modules())
+    assert [m.training for m in model.modules()] == modes
+    with pytest.raises(RuntimeError), train.eval_mode(model):
+        raise RuntimeError("restored on errors too")
+    assert [m.training for m in model.modules()] == modes
+
+
+def test_early_stopping_state_round_trips():
+    net = nn.Linear(3, 2)
+    stop = train.EarlyStopping(patience=3, metric="val_loss")
+    for epoch, loss in enumerate([1.0, 0.5, 0.6], 1):
+        stop.step(loss, net, epoch)
+    again = train.EarlyStopping(patience=3, metric="val_loss")
+    again.load_state_dict(stop.state_dict())
+    assert (again.best_score, again.best_epoch, again.bad_epochs) == (0.5, 2, 1)
+    assert not again.step(0.7, net, 4) and again.step(0.8, net, 5)  # patience 3 runs out at 5
+    again.reset()
+    assert again.best_score is None and again.bad_epochs == 0 and again.best_state is None
+
+
+def test_a_checkpoint_with_other_settings_is_refused(digits, tmp_path):
+    tr, _ = digits
+    ck = tmp_path / "run.pt"
+    train.fit(_model(), tr, epochs=1, batch_size=64, progress=False, device="cpu", checkpoint=ck)
+    with pytest.raises(ValueError, match="batch_size.*delete it"):
+        train.fit(_model(), tr, epochs=2, batch_size=32, progress=False, device="cpu", checkpoint=ck)
+    ck.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="cannot be read.*delete it"):
+        train.fit(_model(), tr, epochs=2, batch_size=64, progress=False, device="cpu", checkpoint=ck)
