@@ -217,11 +217,16 @@ _uid_count = 0
 
 
 def allocate_uid() -> int:
-    """An unprivileged uid no other child of any grader on this machine uses at the same time."""
+    """An unprivileged uid that no process on this machine runs as now: from a range of this
+    grader's own (by its pid), skipping any uid in use (another grader's child, say)."""
     global _uid_count
     with _uid_lock:
-        _uid_count += 1
-        return UID_BASE + ((os.getpid() & 0xFFFF) << 12) + (_uid_count & 0xFFF)
+        for _ in range(0x1000):
+            _uid_count += 1
+            uid = UID_BASE + ((os.getpid() & 0x3FFFF) << 12) + (_uid_count & 0xFFF)
+            if not _matching(uid):
+                return uid
+    raise RuntimeError("no free uid for a grading child")
 
 
 def child_config(isolation: Isolation, *, uid: int | None, keep: list[str], hide: list[str],
@@ -281,13 +286,6 @@ def pid_of_first(launcher_pid: int) -> int | None:
     return None
 
 
-def pid_namespace(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return None
-
-
 def cpu_seconds(pid: int) -> float | None:
     """CPU time (user + system) of ``pid`` and of its children it has waited for."""
     try:
@@ -299,37 +297,35 @@ def cpu_seconds(pid: int) -> float | None:
     return sum(int(v) for v in fields[11:15]) / ticks  # utime stime cutime cstime
 
 
-def _matching(uid: int | None, pidns: str | None) -> list[int]:
+def _matching(uid: int) -> list[int]:
+    """The live processes (not zombies) that run as ``uid``."""
     found = []
-    me = os.getpid()
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == me:
+        if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/status") as f:
                 status = dict(line.split(":", 1) for line in f if ":" in line)
             if status.get("State", "").strip().startswith("Z"):
-                continue  # a zombie runs nothing; its parent or the namespace reaps it
-            if uid is not None and int(status["Uid"].split()[0]) == uid:
-                found.append(int(entry.name))
-            elif pidns is not None and pid_namespace(int(entry.name)) == pidns:
+                continue  # a zombie runs nothing; its parent reaps it
+            if int(status["Uid"].split()[0]) == uid:
                 found.append(int(entry.name))
         except (OSError, KeyError, ValueError, IndexError):
             continue
     return found
 
 
-def sweep(uid: int | None = None, pidns: str | None = None, timeout: float = 10.0) -> bool:
-    """Kill every process that runs as ``uid`` or lives in the PID namespace ``pidns``, until
-    none is left; True when none is. A process that forks while being killed loses the race:
-    the kernel refuses ``fork`` to a process with a pending SIGKILL."""
+def sweep(uid: int | None = None, timeout: float = 10.0) -> bool:
+    """Kill every process that runs as ``uid``, until none is left; True when none is. A
+    process that forks while being killed loses the race: the kernel refuses ``fork`` to a
+    process with a pending SIGKILL."""
     import time
 
-    if uid is None and pidns is None:
+    if uid is None:
         return True
     end = time.monotonic() + timeout
     while True:
-        pids = _matching(uid, pidns)
+        pids = _matching(uid)
         if not pids:
             return True
         for pid in pids:

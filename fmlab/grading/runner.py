@@ -144,7 +144,7 @@ class _Child:
         torch.save(job, job_file)
         cfg = boundary.child_config(iso, uid=self.uid, keep=[str(self.work), str(self.out)],
                                     hide=forbidden, read=[job["checks"]], cwd=str(self.work),
-                                    cpu_s=limits.total_timeout,
+                                    cpu_s=limits.total_timeout * max(1, int(limits.threads or 1)),
                                     memory_mb=limits.memory_mb, file_mb=limits.file_mb)
         cfg_file.write_text(__import__("json").dumps(cfg))
         job_fd, cfg_fd = os.open(job_file, os.O_RDONLY), os.open(cfg_file, os.O_RDONLY)
@@ -163,15 +163,13 @@ class _Child:
         self.fd = read_fd
         self.buffer = b""
         self.pid: int | None = None if iso.namespaces else self.proc.pid  # the Python child
-        self.pidns: str | None = None
         self.progress: _Progress | None = None
         self.stopped: str | None = None  # why the parent stopped it, if it did
 
     def attach(self) -> None:
-        """Learn the child's pid and PID namespace (once it reported ``start``)."""
+        """Learn the child's pid: in a PID namespace, the first process, child of unshare."""
         if self.iso.namespaces and self.pid is None:
             self.pid = boundary.pid_of_first(self.proc.pid)
-            self.pidns = boundary.pid_namespace(self.pid) if self.pid else None
 
     def cpu(self) -> float:
         self.attach()
@@ -209,11 +207,19 @@ class _Child:
 
     def close(self) -> None:
         """Kill the child and every process it started, wherever they went (``setsid``
-        included), before anything it produced is read."""
+        included), before anything it produced is read. In a PID namespace, ``unshare`` returns
+        only once its first process is reaped, which the kernel allows only once every other
+        process of the namespace is gone; with a uid of its own, no process of that uid may be
+        left either."""
         if self.proc.poll() is None:
             self.kill()
         self.proc.wait()
-        if not boundary.sweep(uid=self.uid, pidns=self.pidns):
+        if not self.iso.namespaces:
+            try:  # its process group, in case a process outlived it
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not boundary.sweep(uid=self.uid):
             raise GradingError("a process of the student's code could not be killed")
         os.close(self.fd)
 
@@ -349,8 +355,8 @@ def _watch(child: _Child, remaining: list[Entry], limits: Limits, deadline: floa
     progress = child.progress = _Progress(child, remaining, limits)
     while True:
         lines = child.lines(0.5)
-        if lines is None:  # pipe closed: the child finished or died
-            break
+        if lines is None or (not lines and child.proc.poll() is not None):
+            break  # the child finished or died (a process it left may still hold the pipe)
         for line in lines:
             progress.read(line)
         why = progress.over(deadline)
