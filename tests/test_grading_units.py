@@ -236,3 +236,20 @@ def test_result_files_must_be_plain_files_of_their_own(tmp_path):
     for path in (link, hard):
         value, error = _load_result(path, 16)
         assert value is None and "not a plain file" in error
+
+
+def test_runtime_thread_default(monkeypatch):
+    """Half the cores this process may use (one on two cores); FMLAB_THREADS overrides. Graded
+    children get their count from the grader (FMLAB_THREADS=1 by default)."""
+    from fmlab import runtime
+
+    monkeypatch.delenv("FMLAB_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert runtime.default_threads() == max(1, cores // 2)
+    monkeypatch.setenv("FMLAB_THREADS", "3")
+    assert runtime.default_threads() == 3
+    before = torch.get_num_threads()
+    try:
+        assert runtime.set_threads() == 3 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
