@@ -76,6 +76,51 @@ def _grade_case(q: Question, e: Entry) -> Result:
     return Result(min(max(float(result.score), 0.0), 1.0), str(result.message))
 
 
+def _load_lab(checks: Path, tests, lab: str, only: list[str] | None):
+    """The lab's questions (those in ``only``), hidden cases and declared ``DATA``."""
+    try:
+        module = load_module(checks)
+        questions = load_questions(checks, module)
+        _, data = declared(module, checks)
+    except (ValueError, ImportError, SyntaxError, FileNotFoundError) as err:
+        raise GradingError(f"the checks file {checks} is broken: {type(err).__name__}: {err}") from err
+    hidden = load_hidden(tests, lab, questions)
+    if only:
+        unknown = set(only) - {q.id for q in questions}
+        if unknown:
+            raise GradingError(f"lab {lab!r} has no question(s) {sorted(unknown)}")
+        questions = [q for q in questions if q.id in only]
+    return questions, hidden, data
+
+
+def _entries(questions: list[Question], hidden: dict, limits: Limits, checks: Path,
+             prepare: bool) -> list[Entry]:
+    """One entry per case, public then hidden, with its inputs prepared (when it will run)."""
+    entries: list[Entry] = []
+    for q in questions:
+        try:
+            cases = [(c, False) for c in q.cases()] + [(c, True) for c in hidden.get(q.id, [])]
+            for i, (case, is_hidden) in enumerate(cases):
+                timeout = limits.case_timeout or q.timeout
+                prepared = q.prepared(case) if prepare else case
+                entries.append(Entry(len(entries), q.id, case_name(case, i), is_hidden, prepared, timeout))
+        except Exception as err:  # noqa: BLE001
+            raise GradingError(f"{checks}: preparing the cases of {q.id} failed: {type(err).__name__}: {err}") from err
+    return entries
+
+
+def _lab_of(nb, lab: str | None, report: Report) -> str | None:
+    """The lab to grade as (``--lab``, else the notebook's own id), noting what is odd."""
+    stored = lab_id(nb) if nb else None
+    problem = schema_problem(nb) if nb else None
+    if problem:
+        report.notes.append(f"the notebook does not follow the notebook format ({problem}); it was "
+                            "graded anyway. Open it in Jupyter or Colab and save it again.")
+    if lab and stored and lab != stored:
+        report.notes.append(f"graded as lab {lab!r} (--lab); the notebook says {stored!r}")
+    return lab or stored
+
+
 def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, lab: str | None = None,
                    checks: str | Path | None = None, limits: Limits | None = None,
                    only: list[str] | None = None, results_path: str | Path | None = None,
@@ -94,14 +139,7 @@ def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, l
         nb = read_notebook(submission)
     except NotebookError as err:
         nb, report.error = None, str(err)
-    stored = lab_id(nb) if nb else None
-    problem = schema_problem(nb) if nb else None
-    if problem:
-        report.notes.append(f"the notebook does not follow the notebook format ({problem}); it was "
-                            "graded anyway. Open it in Jupyter or Colab and save it again.")
-    if lab and stored and lab != stored:
-        report.notes.append(f"graded as lab {lab!r} (--lab); the notebook says {stored!r}")
-    report.lab = lab = lab or stored
+    report.lab = lab = _lab_of(nb, lab, report)
     if lab is None:
         report.error = report.error or (
             f"{submission.name} does not say which lab it is (no 'fmlab': {{'lab': ...}} in its "
@@ -116,29 +154,8 @@ def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, l
             report.execution_time = time.monotonic() - t0
             return report
     checks = Path(checks)
-    try:
-        module = load_module(checks)
-        questions = load_questions(checks, module)
-        _, data = declared(module, checks)
-    except (ValueError, ImportError, SyntaxError, FileNotFoundError) as err:
-        raise GradingError(f"the checks file {checks} is broken: {type(err).__name__}: {err}") from err
-    hidden = load_hidden(tests, lab, questions)
-    if only:
-        unknown = set(only) - {q.id for q in questions}
-        if unknown:
-            raise GradingError(f"lab {lab!r} has no question(s) {sorted(unknown)}")
-        questions = [q for q in questions if q.id in only]
-
-    entries: list[Entry] = []
-    for q in questions:
-        try:
-            cases = [(c, False) for c in q.cases()] + [(c, True) for c in hidden.get(q.id, [])]
-            for i, (case, is_hidden) in enumerate(cases):
-                timeout = limits.case_timeout or q.timeout
-                prepared = q.prepared(case) if nb is not None else case  # no inputs for no run
-                entries.append(Entry(len(entries), q.id, case_name(case, i), is_hidden, prepared, timeout))
-        except Exception as err:  # noqa: BLE001
-            raise GradingError(f"{checks}: preparing the cases of {q.id} failed: {type(err).__name__}: {err}") from err
+    questions, hidden, data = _load_lab(checks, tests, lab, only)
+    entries = _entries(questions, hidden, limits, checks, prepare=nb is not None)
 
     if nb is not None:
         deadline = t0 + limits.total_timeout

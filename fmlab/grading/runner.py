@@ -15,6 +15,7 @@ once more in a fresh child; if it is stopped again, its message says to regrade 
 """
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -123,6 +124,11 @@ def _death_message(proc: subprocess.Popen, log: Path, memory_mb: int) -> str:
     return f"the process exited (os._exit / sys.exit, status {code})"
 
 
+def _private(path: Path):
+    """``path`` opened for writing, readable by its owner only."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
 class _Child:
     """One child process behind its boundary, and the parent's view of its progress."""
 
@@ -141,18 +147,20 @@ class _Child:
         hidden = forbidden + [str(root / "job"), str(job_file), str(cfg_file)]
         job = dict(job, cwd=str(self.work), out=str(self.out), writable=[str(self.work)],
                    forbidden=hidden, memory_mb=limits.memory_mb, processes=iso.processes_allowed)
-        torch.save(job, job_file)
+        with _private(job_file) as f:  # 0600: no other child's uid may read it
+            torch.save(job, f)
         cfg = boundary.child_config(iso, uid=self.uid, keep=[str(self.work), str(self.out)],
                                     hide=forbidden, read=[job["checks"]], cwd=str(self.work),
                                     cpu_s=limits.total_timeout * max(1, int(limits.threads or 1)),
                                     memory_mb=limits.memory_mb, file_mb=limits.file_mb)
-        cfg_file.write_text(__import__("json").dumps(cfg))
+        with _private(cfg_file) as f:
+            f.write(json.dumps(cfg).encode())
         job_fd, cfg_fd = os.open(job_file, os.O_RDONLY), os.open(cfg_file, os.O_RDONLY)
         read_fd, write_fd = os.pipe()
         cmd = [*iso.prefix(), sys.executable, "-I", "-S", boundary.__file__, str(cfg_fd), "--",
                sys.executable, "-I", "-m", "fmlab.grading.child", str(job_fd), str(write_fd)]
         try:
-            with open(self.log, "wb") as log:
+            with _private(self.log) as log:
                 self.proc = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     env=_child_env(str(self.work), limits), cwd=str(self.work),
