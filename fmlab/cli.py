@@ -15,7 +15,7 @@ from pathlib import Path
 def _limits(args):
     from .grading.runner import Limits
 
-    limits = Limits(memory_mb=args.memory_mb, total_timeout=args.total_timeout)
+    limits = Limits(memory_mb=args.memory_mb, total_timeout=args.total_timeout, threads=args.threads)
     if args.timeout is not None:
         limits.case_timeout = limits.cell_timeout = args.timeout
     return limits
@@ -130,10 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checks", help="public checks file (default: the lab's, shipped with fmlab)")
     g.add_argument("--questions", help="grade only these questions, e.g. q1,q2")
     g.add_argument("--min-score", type=float, help="exit with status 1 below this score")
-    g.add_argument("--timeout", type=float, help="seconds per case and per cell (default: each question's own)")
-    g.add_argument("--total-timeout", type=float, default=900.0, help="seconds for the whole submission")
+    g.add_argument("--timeout", type=float,
+                   help="CPU seconds per case and per cell (default: each question's own); the "
+                        "wall-clock ceiling is 5 times that")
+    g.add_argument("--total-timeout", type=float, default=900.0,
+                   help="wall-clock seconds for the whole submission")
     g.add_argument("--memory-mb", type=int, default=4096, help="memory limit of the student's code")
-    g.add_argument("--jobs", type=int, default=1, help="submissions graded at once (folder mode)")
+    g.add_argument("--threads", type=int, default=1, help="torch threads of the student's code")
+    g.add_argument("--jobs", type=int, default=1,
+                   help="submissions graded at once (folder mode; at most one per core)")
     g.add_argument("--gradebook", default="gradebook.csv", help="CSV gradebook (folder mode)")
     g.add_argument("--show-hidden", action="store_true", help="show hidden tests' messages too")
     g.set_defaults(func=cmd_grade)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.bad_submissions import BAD, ROOT, master
+from fixtures.bad_submissions import (BAD, HOSTILE_ATTEMPTS, ROOT, hostile_files, master,
+                                      stopped_by_cpu_limit)
 from fmlab.grading.grader import grade_notebook
 from fmlab.grading.runner import Limits
 
@@ -37,12 +38,13 @@ def graded(tmp_path_factory):
     """Every bad submission's Report (and, for hostile_files, the CLI run), graded once."""
     folder = tmp_path_factory.mktemp("bad")
     nb = master()
+    out = folder / "hostile-results.json"
     for name, build in BAD.items():
-        (folder / f"{name}.ipynb").write_text(json.dumps(build(nb)))
+        sub = hostile_files(nb, out, ROOT / "fmlab-escaped.txt") if name == "hostile_files" else build(nb)
+        (folder / f"{name}.ipynb").write_text(json.dumps(sub))
 
     def grade(name):
         if name == "hostile_files":
-            out = folder / "hostile-results.json"
             run = cli("grade", str(folder / f"{name}.ipynb"), "--tests", str(HIDDEN), "--out", str(out),
                       "--questions", ",".join(ONLY), "--timeout", str(LIMIT_S), "--show-hidden",
                       cwd=folder)
@@ -84,20 +86,22 @@ def test_infinite_loop_hits_the_time_limit(graded):
     r = graded["infinite_loop"]
     assert scores(r) == {**FULL, "q1": 0.0}
     msgs = messages(r, "q1")
-    assert f"timed out after {LIMIT_S} s" in msgs and "not run: an earlier case of q1 timed out" in msgs
+    assert stopped_by_cpu_limit(msgs, LIMIT_S), msgs
+    assert "not run: an earlier case of q1 timed out" in msgs
 
 
-def test_infinite_loop_that_ignores_the_alarm_is_killed(graded):
+def test_infinite_loop_that_ignores_the_timers_is_killed(graded):
     r = graded["infinite_loop_ignoring_alarm"]
     assert scores(r) == {**FULL, "q1": 0.0}  # a fresh child graded q2 and q3
-    assert f"timed out after {LIMIT_S} s" in messages(r, "q1")
-    assert r.children == 2
+    assert stopped_by_cpu_limit(messages(r, "q1"), LIMIT_S), messages(r, "q1")
+    assert r.children >= 2
 
 
 def test_top_level_infinite_loop_only_loses_that_cell(graded):
     r = graded["top_level_infinite_loop"]
     assert scores(r) == FULL
-    assert any(f"ran longer than {LIMIT_S} s" in n for n in r.notes), r.notes
+    assert any(f"stopped at its CPU-time limit of {LIMIT_S} s" in n or "wall-clock ceiling" in n
+               for n in r.notes), r.notes
 
 
 def test_memory_bomb(graded):
@@ -153,11 +157,11 @@ def test_hidden_tests_results_and_processes_are_out_of_reach(graded):
     run, results = graded["hostile_files"]
     assert run.returncode == 0, run.stderr
     q2 = next(t for t in results["tests"] if t["number"] == "q2")
-    # read hidden, list hidden, write results, replace results, subprocess, system, fork,
-    # kill parent, socket, ctypes, write outside, read data: each raised PermissionError
-    assert "got str '12 refused'" in q2["output"], q2["output"]
+    # read hidden, list hidden, write results, replace results, a process reading the hidden
+    # tests, the network, ctypes, write outside, read data: each failed
+    assert f"got str '{HOSTILE_ATTEMPTS} refused'" in q2["output"], q2["output"]
     assert results["score"] == 5.0 and q2["score"] == 0  # the parent's results.json, not the fake one
-    assert not Path("/tmp/fmlab-escaped.txt").exists()
+    assert not (ROOT / "fmlab-escaped.txt").exists()
 
 
 def test_renamed_notebook_still_grades(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from fmlab.grading.notebook import (NotebookError, code_cells, lab_id, read_notebook,
-                                    strip_solutions, student_version)
+                                    schema_problem, strip_solutions, student_version)
 from fmlab.grading.report import CaseReport, QuestionReport, Report, write_gradebook, write_json_atomic
 from fmlab.grading.spec import NotData, to_data
 
@@ -59,13 +60,43 @@ def test_student_version_of_the_cnn_lab():
         exec(compile(stub, "<stub>", "exec"), ns)
 
 
-def test_code_cells_neutralise_magics():
-    nb = {"cells": [{"cell_type": "code", "source": "!pip install x\n%matplotlib inline\nx = 1\n"},
-                    {"cell_type": "markdown", "source": "# title"}]}
-    (cell,) = code_cells(nb)
-    ns = {}
-    exec(cell, ns)
-    assert ns["x"] == 1 and cell.count("\n") == 3
+def test_code_cells_run_as_ipython_would():
+    from fmlab.grading.child import Shell, display
+
+    src = ("!pip install x\n%matplotlib inline\nok = (\n    1\n    != 2\n)\n"
+           "%time y = 3\ndisplay(ok)\nfiles = !ls\n")
+    nb = {"cells": [{"cell_type": "code", "source": src},
+                    {"cell_type": "markdown", "source": "# title"},
+                    {"cell_type": "code", "source": "%%time\ndef f():\n    return 4\n"},
+                    {"cell_type": "code", "source": "%%bash\nrm -rf /\n"}]}
+    cells = code_cells(nb)
+    assert len(cells) == 3 and cells[0].count("\n") == src.count("\n")  # line numbers kept
+    assert "!= 2" in cells[0]  # a continued comparison is Python, not a shell line
+    notes: list[str] = []
+    ns = {"display": display}
+    ns["get_ipython"] = lambda: Shell(ns, notes)
+    for cell in cells:
+        exec(cell, ns)
+    assert ns["ok"] is True and ns["y"] == 3 and ns["files"] == [] and ns["f"]() == 4
+    assert notes == ["a %%bash cell was skipped while grading"]
+
+
+def test_black_style_continuations_are_not_magics():
+    src = 'x = (\n    "a"\n    % ()\n)\nflag = (\n    1\n    != 1\n)\n'
+    (cell,) = code_cells({"cells": [{"cell_type": "code", "source": src}]})
+    assert cell == src
+
+
+def test_a_notebook_that_breaks_the_format_is_named_but_still_read(tmp_path):
+    nb = json.loads(MASTER.read_text())
+    del nb["cells"][3]["outputs"]  # a code cell without its outputs list
+    path = tmp_path / "odd.ipynb"
+    path.write_text(json.dumps(nb))
+    problem = schema_problem(read_notebook(path))
+    assert problem and "outputs" in problem, problem
+    assert len(code_cells(read_notebook(path))) == len(code_cells(read_notebook(MASTER)))
+    with pytest.raises(NotebookError, match="not a valid notebook: .*outputs"):
+        read_notebook(path, strict=True)
 
 
 def test_corrupt_and_non_notebook_json(tmp_path):
@@ -113,7 +144,7 @@ def test_gradescope_results_schema(tmp_path):
     assert "expected (3, 4, 4)" in _report().to_gradescope(show_hidden=True)["tests"][0]["output"]
     path = tmp_path / "deep" / "results.json"
     write_json_atomic(data, path)
-    assert json.loads(path.read_text()) == data and not list(path.parent.glob(".results-*"))
+    assert json.loads(path.read_text()) == data and not list(path.parent.glob(".*.tmp"))
     assert "total" in _report().table()
 
 
@@ -148,3 +179,77 @@ def test_folder_of_submissions_to_gradebook(tmp_path):
     rows = {r["submission"]: r for r in csv.DictReader(open(tmp_path / "grades.csv"))}
     assert rows["alice.ipynb"]["score"] == "2.0" and rows["bob.ipynb"]["score"] == "0.0"
     assert json.loads((tmp_path / "results" / "alice.json").read_text())["score"] == 2.0
+
+
+def test_one_wording_for_the_students_errors():
+    from fmlab.grading.messages import TimeLimit, describe_error, mentions_out_of_memory
+
+    def broken():
+        return {}["missing"]
+
+    ns = {"broken": broken}
+    exec(compile("def answer():\n    return 1 / 0\n", "<cell 4>", "exec"), ns)
+    try:
+        ns["answer"]()
+    except ZeroDivisionError as err:
+        assert describe_error(err) == "raised ZeroDivisionError: division by zero (line 2 of answer, cell 4)"
+    assert describe_error(NotImplementedError()).startswith("not implemented yet")
+    assert describe_error(MemoryError(), 512) == "ran out of memory (the limit is 512 MB)"
+    assert describe_error(RuntimeError("DefaultCPUAllocator: not enough memory"), 64).startswith("ran out")
+    assert describe_error(TimeLimit("timed out: stopped ...")) == "timed out: stopped ..."
+    assert mentions_out_of_memory("... std::bad_alloc ...") and not mentions_out_of_memory("fine")
+
+
+def test_forbid_wildcards_and_checks_are_validated(tmp_path):
+    from fmlab.grading.forbid import expand
+    from fmlab.grading.spec import load_questions
+
+    names = expand(["fmlab.losses.*", "torch.softmax"])
+    assert "fmlab.losses.cross_entropy" in names and "torch.softmax" in names
+    assert not any(n.rsplit(".", 1)[1].startswith("_") for n in names)
+    bad = tmp_path / "bad.py"
+    bad.write_text("from fmlab.grading import Question, Result\n"
+                   "QUESTIONS = [Question('q1', 1, 't', ('f',), lambda ns, c: 0, lambda c, g: Result.ok(),"
+                   " lambda: [{}], forbid=('torch.no_such_function',))]\n")
+    with pytest.raises(ValueError, match="q1's forbid names a reference that does not exist"):
+        load_questions(bad)
+
+
+def test_grade_many_leaves_the_callers_limits_alone():
+    from fmlab.grading.grader import grade_many
+    from fmlab.grading.runner import Limits
+
+    limits = Limits(threads=3)
+    assert grade_many([], jobs=1, limits=limits) == [] and limits == Limits(threads=3)
+
+
+def test_result_files_must_be_plain_files_of_their_own(tmp_path):
+    from fmlab.grading.runner import _load_result
+
+    real = tmp_path / "case-0.pt"
+    torch.save({"ok": True, "value": 1.5}, real)
+    assert _load_result(real, 16) == (1.5, None)
+    link = tmp_path / "case-1.pt"
+    link.symlink_to(real)  # another submission's result, say
+    hard = tmp_path / "case-2.pt"
+    os.link(real, hard)
+    for path in (link, hard):
+        value, error = _load_result(path, 16)
+        assert value is None and "not a plain file" in error
+
+
+def test_runtime_thread_default(monkeypatch):
+    """Half the cores this process may use (one on two cores); FMLAB_THREADS overrides. Graded
+    children get their count from the grader (FMLAB_THREADS=1 by default)."""
+    from fmlab import runtime
+
+    monkeypatch.delenv("FMLAB_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert runtime.default_threads() == max(1, cores // 2)
+    monkeypatch.setenv("FMLAB_THREADS", "3")
+    assert runtime.default_threads() == 3
+    before = torch.get_num_threads()
+    try:
+        assert runtime.set_threads() == 3 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -27,7 +27,7 @@ def write_student_versions(labs: str | Path, out: str | Path) -> list[tuple[Path
     if not masters:
         raise NotebookError(f"no master notebooks (*.ipynb) in {labs}")
     for master in masters:
-        nb = read_notebook(master)
+        nb = read_notebook(master, strict=True)  # a master must follow the notebook format
         lab = lab_id(nb)
         if lab is None:
             raise NotebookError(f"{master}: no lab id; add {{'fmlab': {{'lab': '<id>'}}}} to its metadata")

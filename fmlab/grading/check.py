@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import inspect
 import os
-import traceback
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .messages import describe_error
 from .spec import NotData, Question, Result, case_name, load_questions, seeded, to_data
 
 GRADING_ENV = "FMLAB_GRADING"
@@ -54,14 +54,10 @@ def run_case(question: Question, ns: dict, case: dict) -> Result:
     try:
         with seeded(), blocked(question.forbid, question.id):
             got = to_data(question.run(ns, case))
-    except NotImplementedError:
-        return Result.fail("not implemented yet (the cell still raises NotImplementedError)")
     except NotData as err:
-        return Result.fail(f"your function returned {err}; return tensors or numbers")
-    except Exception as err:  # the student's code failed: show where
-        tb = traceback.extract_tb(err.__traceback__)
-        where = f" (line {tb[-1].lineno} of {tb[-1].name})" if tb else ""
-        return Result.fail(f"raised {type(err).__name__}: {err}{where}")
+        return Result.fail(f"your function returned {err}; return tensors, numbers, lists or dicts")
+    except Exception as err:  # the student's code failed: say how and where
+        return Result.fail(describe_error(err))
     try:
         with seeded():
             return question.grade(case, got)

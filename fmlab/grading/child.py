@@ -1,66 +1,83 @@
 """The grading child: runs a submission's cells, then the student's side of each case.
 
-Explained in book/instructors.md. Started by :mod:`fmlab.grading.grader` as
-``python -I -m fmlab.grading.child JOB_FILE PROGRESS_FD``, with a scrubbed environment, a fresh
-working folder, no stdin, a memory limit and its own process group.
+Explained in book/instructors.md. Started by :mod:`fmlab.grading.runner`, behind the boundary
+of :mod:`fmlab.grading.boundary`, as ``python -I -m fmlab.grading.child JOB_FD PROGRESS_FD``,
+with a scrubbed environment, a fresh working folder, no stdin and a memory limit.
 
-The job file (plain data, loaded with ``weights_only=True``) names the public checks file, the
-notebook's code cells and the cases to run, with inputs the parent chose. The child:
+The job (plain data, read from the open file JOB_FD with ``weights_only=True``) names the
+public checks file, the notebook's code cells (already converted by IPython's input
+transformer) and the cases to run, with inputs the parent chose. The child:
 
-1. imports torch, fmlab and the public checks, then installs the audit hook of
-   :mod:`fmlab.grading.sandbox`;
-2. executes the code cells in order in one namespace; a cell that raises (``SystemExit``
-   included) is recorded and the next cell runs;
+1. imports torch, fmlab, the public checks and the modules they declare (``MODULES``), then
+   installs the audit hook of :mod:`fmlab.grading.sandbox`;
+2. executes the code cells in order in one namespace that has what a notebook has
+   (``display``, ``get_ipython()``); a cell that raises (``SystemExit`` included) is recorded and
+   the next cell runs;
 3. for each case calls ``question.run(ns, case)``, converts the value with ``to_data`` and saves
-   it at once as its own file (``torch.save``, then an atomic rename), so a later crash loses
-   nothing.
+   it at once as its own file (written atomically), so a later crash loses nothing.
 
-It reports progress as lines on the pipe PROGRESS_FD (``start``, ``cell i``, ``ready``,
-``case k``, ``done k``, ``finished``); the parent enforces the hard time limits with them.
-Nothing this process writes is trusted: the parent re-checks every value and grades it itself.
+Each cell and case stops itself at its CPU-time limit (``ITIMER_PROF``) or at its wall-clock
+ceiling, :data:`~fmlab.grading.messages.WALL_RATIO` times longer (``ITIMER_REAL``); the parent
+enforces both from outside too. Progress goes as lines on the pipe PROGRESS_FD (``start``,
+``cell i``, ``ready``, ``case k``, ``done k``, ``finished``). Nothing this process writes is
+trusted: the parent re-checks every value and grades it itself.
 """
 from __future__ import annotations
 
 import builtins
 import importlib
 import os
+import resource
 import signal
 import sys
-import traceback
+import time
+
+from .messages import WALL_RATIO, TimeLimit, cpu_limit, describe_error, wall_ceiling
+
+# Magics whose argument or body is ordinary code that a notebook runs (the rest do nothing).
+RUN_BODY_OF = {"time", "timeit", "capture", "prun"}
 
 
-class TimeLimit(BaseException):
-    """Raised by the alarm when a cell or case runs past its limit (not an Exception, so a
-    student's ``except Exception`` does not swallow it)."""
+def _cpu() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _alarm(signum, frame):
-    raise TimeLimit()
+def display(*objs, **kwargs) -> None:
+    """``display(...)`` while grading: nothing to show, nothing fails."""
+    return None
 
 
-def _student_frame(err: BaseException) -> str:
-    """' (line 3 of accuracy, cell 5)' for the innermost frame of the student's own code."""
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename.startswith("<cell ")]
-    if not frames:
-        return ""
-    f = frames[-1]
-    return f" (line {f.lineno} of {f.name}, {f.filename.strip('<>')})".replace("of <module>, ", "of ")
+class Shell:
+    """What ``get_ipython()`` returns while grading: shell commands and other magics do nothing;
+    the code of ``%time`` / ``%%time`` / ``%%capture`` (and the like) runs, as in a notebook."""
 
+    def __init__(self, ns: dict, notes: list[str]):
+        self.user_ns = ns
+        self._notes = notes
 
-def describe_error(err: BaseException, limit: float, memory_mb: int) -> str:
-    """A message for the student about an exception from their code."""
-    if isinstance(err, TimeLimit):
-        return f"timed out after {limit:g} s"
-    if isinstance(err, SystemExit):
-        return (f"called sys.exit({err.code!r}) / exit(), which would stop the whole program; "
-                "return a value instead")
-    if isinstance(err, MemoryError) or "can't allocate memory" in str(err) or "bad_alloc" in str(err):
-        return f"ran out of memory (the limit is {memory_mb} MB)"
-    if isinstance(err, NotImplementedError):
-        return "not implemented yet (the function still raises NotImplementedError)"
-    text = str(err).strip().splitlines()
-    first = text[0][:300] if text else ""
-    return f"raised {type(err).__name__}: {first}{_student_frame(err)}"
+    def _run(self, source: str, where: str) -> None:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        exec(compile(TransformerManager().transform_cell(source), where, "exec"), self.user_ns)
+
+    def run_cell_magic(self, name: str, line: str, cell: str):
+        if name not in RUN_BODY_OF:
+            self._notes.append(f"a %%{name} cell was skipped while grading")
+            return None
+        self._run(cell, f"<cell %%{name}>")
+
+    def run_line_magic(self, name: str, line: str, _stack_depth: int = 1):
+        if name in RUN_BODY_OF:  # %time x = f(): the statement runs, once
+            self._run(line, f"<line %{name}>")
+
+    def getoutput(self, cmd, split=True):
+        return []
+
+    def __getattr__(self, name):  # run_line_magic, system, magic, ...: harmless no-ops
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: None
 
 
 class Child:
@@ -77,11 +94,22 @@ class Child:
             os._exit(3)  # the parent is gone: nobody to grade for
 
     def timed(self, limit: float, fn, *args):
-        signal.signal(signal.SIGALRM, _alarm)
-        signal.setitimer(signal.ITIMER_REAL, max(limit, 0.01))
+        """``fn(*args)``, stopped by :class:`TimeLimit` after ``limit`` s of CPU time or
+        ``WALL_RATIO × limit`` s of wall time."""
+        wall0, cpu0 = time.monotonic(), _cpu()
+
+        def stop(signum, frame):
+            cpu, wall = _cpu() - cpu0, time.monotonic() - wall0
+            raise TimeLimit((cpu_limit if signum == signal.SIGPROF else wall_ceiling)(limit, cpu, wall))
+
+        signal.signal(signal.SIGPROF, stop)
+        signal.signal(signal.SIGALRM, stop)
+        signal.setitimer(signal.ITIMER_PROF, max(limit, 0.01))
+        signal.setitimer(signal.ITIMER_REAL, max(limit * WALL_RATIO, 0.01))
         try:
             return fn(*args)
         finally:
+            signal.setitimer(signal.ITIMER_PROF, 0)
             signal.setitimer(signal.ITIMER_REAL, 0)
 
     def run_cells(self, ns: dict) -> None:
@@ -99,21 +127,16 @@ class Child:
             try:
                 self.timed(limit, exec, code, ns)
             except BaseException as err:  # noqa: BLE001 - any failure of a cell is the student's
-                if isinstance(err, TimeLimit):
-                    msg = f"ran longer than {limit:g} s and was stopped"
-                else:
-                    msg = describe_error(err, limit, self.memory_mb)
-                self.cell_errors.append(f"code {where} {msg}")
+                self.cell_errors.append(f"code {where} {describe_error(err, self.memory_mb)}")
 
     def run_case(self, question, ns: dict, case: dict, limit: float) -> dict:
+        from .forbid import blocked, static_problems
         from .spec import NotData, seeded, to_data
 
         missing = [name for name in question.requires if name not in ns]
         if missing:
             hint = f" ({len(self.cell_errors)} code cell(s) failed, see the notes)" if self.cell_errors else ""
             return {"ok": False, "error": f"{', '.join(missing)} is not defined in the notebook{hint}"}
-        from .forbid import blocked, static_problems
-
         delegated = [p for name in question.requires for p in static_problems(ns[name], question.forbid, question.id)]
         if delegated:
             return {"ok": False, "error": delegated[0]}
@@ -126,48 +149,45 @@ class Child:
         except NotData as err:
             return {"ok": False, "error": f"returned {err}; return tensors, numbers, lists or dicts"}
         except BaseException as err:  # noqa: BLE001
-            return {"ok": False, "error": describe_error(err, limit, self.memory_mb)}
+            return {"ok": False, "error": describe_error(err, self.memory_mb)}
         return {"ok": True, "value": value}
 
     def save(self, sandbox, name: str, result: dict) -> None:
         import torch
 
+        from ..runtime import atomic_write
         from .sandbox import open_gate
 
         final = os.path.join(self.job["out"], name)
-        tmp = final + ".tmp"
         with open_gate(sandbox):
             try:
-                torch.save(result, tmp)
+                atomic_write(final, lambda tmp: torch.save(result, tmp))
             except Exception as err:  # noqa: BLE001 - e.g. the file-size limit
-                torch.save({"ok": False, "error": f"the result could not be saved: {err}"}, tmp)
-            os.replace(tmp, final)
+                error = {"ok": False, "error": f"the result could not be saved: {err}"}
+                atomic_write(final, lambda tmp: torch.save(error, tmp))
 
     def main(self) -> None:
-        import torch  # noqa: F401 - imported before the hook, as are fmlab and the checks
-
-        import fmlab
         from . import sandbox as sandbox_mod
-        from .spec import load_questions
-
-        from .spec import load_module
+        from .spec import load_module, load_questions
 
         checks = load_module(self.job["checks"])
-        # Modules the lab's notebook uses, imported while reading files is unrestricted: the
+        # Modules the lab's notebook uses, imported before the audit hook is installed: the
         # checks file declares them as MODULES (its own imports are loaded already).
-        for name in ("numpy", "tqdm.auto", *getattr(checks, "MODULES", ())):
+        for name in getattr(checks, "MODULES", ()):
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - a missing optional module is the notebook's problem
                 pass
-        del fmlab
         questions = {q.id: q for q in load_questions(self.job["checks"], checks)}
         sys.dont_write_bytecode = True
         os.chdir(self.job["cwd"])
-        box = sandbox_mod.install(self.job["writable"], self.job["forbidden"], [self.job["out"]])
+        box = sandbox_mod.install(self.job["writable"], self.job["forbidden"], [self.job["out"]],
+                                  allow_processes=bool(self.job.get("processes")))
         self.emit("start")
 
-        ns = {"__name__": "__main__", "__builtins__": builtins}
+        ns = {"__name__": "__main__", "__builtins__": builtins, "display": display}
+        shell = Shell(ns, self.cell_errors)
+        ns["get_ipython"] = lambda: shell
         self.run_cells(ns)
         self.emit("ready")
         notes = {"ok": True, "value": {"cell_errors": list(self.cell_errors)}}
@@ -188,28 +208,23 @@ class Child:
 
 
 def _limit_self(memory_mb: int) -> None:
-    """Lower this process's own limits (the parent also sets them, where the OS allows)."""
-    import resource
-
-    for which, value in ((resource.RLIMIT_DATA, memory_mb << 20), (resource.RLIMIT_CORE, 0)):
-        try:
-            soft, hard = resource.getrlimit(which)
-            if hard == resource.RLIM_INFINITY or value < hard:
-                resource.setrlimit(which, (value, value))
-        except (ValueError, OSError):
-            pass
+    """Lower this process's own memory limit (the parent also sets it, where the OS allows)."""
+    try:
+        value = memory_mb << 20
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        if hard == resource.RLIM_INFINITY or value < hard:
+            resource.setrlimit(resource.RLIMIT_DATA, (value, value))
+    except (ValueError, OSError):
+        pass
 
 
 def main(argv: list[str]) -> None:
     import torch
 
-    job = torch.load(argv[1], weights_only=True)
+    with os.fdopen(int(argv[1]), "rb") as f:  # the parent keeps the case inputs
+        job = torch.load(f, weights_only=True)
     if job.get("memory_mb"):
         _limit_self(int(job["memory_mb"]))
-    try:
-        os.remove(argv[1])  # the parent keeps the case inputs; nothing is left to read back
-    except OSError:
-        pass
     Child(job, int(argv[2])).main()
     sys.stdout.flush()
     sys.stderr.flush()

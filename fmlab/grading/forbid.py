@@ -19,6 +19,9 @@ yourself ...")``, wherever the student's code reaches it from:
 
 Everything is restored when the case ends. :func:`static_problems` adds a check that needs no
 call: an answer that *is* a forbidden object, a subclass of one, or whose code names one.
+
+A name ending in ``.*`` stands for every public function and class a module defines
+(``"fmlab.losses.*"``, ``"torchattacks.*"``); :func:`expand` lists them.
 Deliberate obfuscation (rebuilding a function from its bytecode, leaving the torch-function
 mode by hand) is not prevented; code review catches it.
 """
@@ -59,6 +62,31 @@ def resolve(name: str) -> object:
                               f"{'.'.join(parts[cut:])!r})") from None
         return obj
     raise LookupError(f"{name!r}: no importable module at its start")
+
+
+def expand(names: Iterable[str]) -> list[str]:
+    """``names`` with each ``"module.*"`` replaced by the public functions and classes that
+    the module (or a submodule of it) defines; a name that does not exist raises LookupError.
+
+    >>> "fmlab.losses.softmax" in expand(["fmlab.losses.*"])
+    True
+    """
+    out: list[str] = []
+    for name in names:
+        if not name.endswith(".*"):
+            resolve(name)
+            out.append(name)
+            continue
+        module = resolve(name[:-2])
+        if not isinstance(module, types.ModuleType):
+            raise LookupError(f"{name!r}: {name[:-2]} is not a module")
+        for attr in sorted(vars(module)):
+            value = getattr(module, attr)
+            home = getattr(value, "__module__", None) or ""
+            if (not attr.startswith("_") and isinstance(value, (type, types.FunctionType))
+                    and (home == module.__name__ or home.startswith(module.__name__ + "."))):
+                out.append(f"{module.__name__}.{attr}")
+    return list(dict.fromkeys(out))
 
 
 def message(name: str, exercise: str = "this exercise") -> str:
@@ -123,7 +151,7 @@ class blocked:
     """``with blocked(names, "q1"):`` switches the named references off (see the module doc)."""
 
     def __init__(self, names: Iterable[str], exercise: str = "this exercise"):
-        self.names = tuple(names)
+        self.names = tuple(expand(names))
         self.exercise = exercise
         self._swapped: list[tuple[types.FunctionType, types.CodeType]] = []
         self._mode: _Block | None = None
@@ -169,14 +197,12 @@ def static_problems(value, names: Iterable[str], exercise: str = "this exercise"
     """Why ``value`` (an answer from the student's namespace) is a forbidden reference, if it is.
 
     Catches the answer being a forbidden object or a subclass of one, and code whose globals
-    name one (``return F.softmax(z, dim)``, ``from fmlab.losses import softmax``).
+    name one or a subclass of one (``return F.softmax(z, dim)``, ``from fmlab.losses import
+    softmax``, ``MyConv(...)`` where ``class MyConv(nn.Conv2d)``).
     """
     forbidden = {}
-    for name in names:
-        try:
-            forbidden[id(resolve(name))] = name
-        except LookupError:
-            continue
+    for name in expand(names):
+        forbidden[id(resolve(name))] = name
     problems = []
     if id(value) in forbidden:
         return [message(forbidden[id(value)], exercise) + " (your answer is that function)"]
@@ -190,8 +216,9 @@ def static_problems(value, names: Iterable[str], exercise: str = "this exercise"
 
 
 def _names_in_code(fn: types.FunctionType, forbidden: dict[int, str], exercise: str) -> list[str]:
-    """Forbidden objects that ``fn``'s code loads from its globals, directly (``softmax``) or one
-    attribute deep (``F.softmax``, ``torch.softmax``), read from the bytecode."""
+    """Forbidden objects that ``fn``'s code loads from its globals, directly (``softmax``), through
+    attributes (``F.softmax``, ``torch.nn.Conv2d``) or as a class that inherits one, read from
+    the bytecode."""
     problems = []
     codes = [fn.__code__]
     while codes:
@@ -203,6 +230,9 @@ def _names_in_code(fn: types.FunctionType, forbidden: dict[int, str], exercise: 
                 base = fn.__globals__.get(ins.argval, getattr(builtins, ins.argval, None))
                 if base is not None and id(base) in forbidden:
                     problems.append(message(forbidden[id(base)], exercise))
+                elif isinstance(base, type):  # a class of the notebook's that inherits one
+                    problems += [message(forbidden[id(b)], exercise) + f" ({ins.argval} inherits from it)"
+                                 for b in inspect.getmro(base)[1:] if id(b) in forbidden]
             elif ins.opname in ("LOAD_ATTR", "LOAD_METHOD") and base is not None:
                 sub = getattr(base, ins.argval, None) if isinstance(base, (types.ModuleType, type)) else None
                 if sub is not None and id(sub) in forbidden:

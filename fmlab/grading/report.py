@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..runtime import atomic_write
 
 
 @dataclass
@@ -117,18 +117,9 @@ class Report:
 
 
 def write_json_atomic(data: dict, path: str | Path) -> None:
-    """Write JSON to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".results-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON to ``path`` atomically (never half-written): :func:`fmlab.runtime.atomic_write`."""
+    text = json.dumps(data, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_gradebook(reports: list[Report], path: str | Path) -> None:
@@ -136,15 +127,15 @@ def write_gradebook(reports: list[Report], path: str | Path) -> None:
     qids: list[str] = []
     for r in reports:
         qids += [q.id for q in r.questions if q.id not in qids]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        out = csv.writer(f)
-        out.writerow(["submission", "lab", "score", "max_score", *qids, "seconds", "error"])
-        for r in reports:
-            by_id = {q.id: q.score for q in r.questions}
-            out.writerow([r.submission, r.lab or "", r.score, r.max_score,
-                          *[by_id.get(q, "") for q in qids], round(r.execution_time, 1),
-                          (r.error or "")[:300]])
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            out = csv.writer(f)
+            out.writerow(["submission", "lab", "score", "max_score", *qids, "seconds", "error"])
+            for r in reports:
+                by_id = {q.id: q.score for q in r.questions}
+                out.writerow([r.submission, r.lab or "", r.score, r.max_score,
+                              *[by_id.get(q, "") for q in qids], round(r.execution_time, 1),
+                              (r.error or "")[:300]])
+
+    atomic_write(path, write)

@@ -1,17 +1,21 @@
 """What the grading child refuses once the student's code runs: an audit hook.
 
-Explained in book/instructors.md. This is a speed bump, not a security boundary: Python's
-audit hooks see what Python code does (``open``, ``subprocess``, ``os.fork`` ...), not what native
-code does. What makes the grade hard to fool is elsewhere: the score is computed in the parent,
-from plain data, with references the child never sees.
+Explained in book/instructors.md. This is the first line, not the wall: Python's audit hooks
+see what Python code does (``open``, ``subprocess``, ``os.fork`` ...), not what native code does,
+and the student's code can switch the hook off. The wall is the kernel's, built by
+:mod:`fmlab.grading.boundary`; and the score is computed in the parent, from plain data, with
+references the child never sees.
 
 Refused after :func:`install`:
 
-* reading anything under the forbidden folders (the hidden tests, the job's files, the data
-  files of held-out sets, the results file) and listing them;
+* reading anything under the forbidden folders (the hidden tests, the data files of held-out
+  sets, the results file) and listing them;
 * writing, deleting or renaming anything outside the writable folders (the child's temp dir);
-* starting processes (``subprocess``, ``os.system``, ``os.exec*``, ``os.fork``, ``os.posix_spawn``),
-  sending signals (``os.kill``), sockets, and ``ctypes``.
+* ``ctypes``;
+* only where the kernel does not fence the child in (``allow_processes=False``): starting
+  processes (``subprocess``, ``os.system``, ``os.exec*``, ``os.fork``, ``os.posix_spawn``), sending
+  signals (``os.kill``) and sockets. Inside the boundary these are allowed, so that DataLoader
+  workers run: the child's processes see nothing outside and die with it.
 """
 from __future__ import annotations
 
@@ -51,7 +55,9 @@ _LISTINGS = {"os.listdir", "os.scandir", "glob.glob", "os.walk"}
 
 
 class Sandbox:
-    def __init__(self, writable: list[str], forbidden: list[str], gated: list[str]):
+    def __init__(self, writable: list[str], forbidden: list[str], gated: list[str],
+                 allow_processes: bool = False):
+        self.allow_processes = allow_processes
         self.writable = [os.path.realpath(p) for p in writable]
         self.forbidden = [os.path.realpath(p) for p in forbidden if p]
         self.gated = [os.path.realpath(p) for p in gated]  # writable only while the grader writes
@@ -116,6 +122,8 @@ class Sandbox:
             return
         if event.startswith("ctypes."):
             self._deny("ctypes")
+        if self.allow_processes:
+            return
         for prefix, what in _BLOCKED.items():
             if event == prefix or event.startswith(prefix):
                 self._deny(what)
@@ -124,11 +132,12 @@ class Sandbox:
 _SANDBOX: Sandbox | None = None
 
 
-def install(writable: list[str], forbidden: list[str], gated: list[str]) -> Sandbox:
+def install(writable: list[str], forbidden: list[str], gated: list[str],
+            allow_processes: bool = False) -> Sandbox:
     """Install the hook (once per process; audit hooks cannot be removed)."""
     global _SANDBOX
     if _SANDBOX is None:
-        _SANDBOX = Sandbox(writable, forbidden, gated)
+        _SANDBOX = Sandbox(writable, forbidden, gated, allow_processes)
         sys.addaudithook(_SANDBOX.hook)
     _SANDBOX.active = True
     return _SANDBOX

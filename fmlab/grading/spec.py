@@ -18,13 +18,21 @@ for the same questions, run through the same ``run`` and ``grade``. A case may c
 ``"name"`` key, which messages quote. ``run`` and ``grade`` each start from the same seeded
 random state (see :class:`seeded`). An optional ``prepare(case)`` makes a case's inputs in
 the parent (loading data the child may not read, initial weights); see :class:`Question`.
+
+A checks module also declares what its lab needs, and the grading engine reads it (it knows
+no particular lab):
+
+* ``MODULES = ("captum.attr", ...)``: modules the child imports before the student's code runs;
+* ``DATA = ("digits", ...)``: the datasets (names of :func:`fmlab.data.load`) whose files the
+  student's code may read itself while it is graded. The files of every other dataset, and the
+  data cache, are out of its reach; a question hands it the inputs it needs with ``prepare``.
 """
 from __future__ import annotations
 
 import importlib.util
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,8 +72,7 @@ class Question:
     run: Callable[[dict, dict], Data]
     grade: Callable[[dict, Data], Result]
     cases: Callable[[], list[dict]]
-    timeout: float = 30.0  # seconds per case, in the child
-    extra: dict = field(default_factory=dict)
+    timeout: float = 30.0  # CPU seconds per case, in the child (see fmlab.grading.runner)
     # Dotted names of the references this exercise asks students to write themselves (and the
     # library's other ways of doing the same job): switched off while ``run`` executes, see
     # fmlab/grading/forbid.py.
@@ -137,7 +144,32 @@ def load_questions(path: str | Path, module=None) -> list[Question]:
     ids = [q.id for q in questions]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: duplicate question ids in {ids}")
+    from .forbid import expand
+
+    for q in questions:
+        try:
+            expand(q.forbid)
+        except LookupError as err:
+            raise ValueError(f"{path}: {q.id}'s forbid names a reference that does not exist: {err}") from None
     return questions
+
+
+def declared(module, path: str | Path = "the checks file") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The ``MODULES`` and ``DATA`` a checks module declares (see the module docstring)."""
+    from fmlab.data import NAMES
+
+    modules, data = tuple(getattr(module, "MODULES", ())), tuple(getattr(module, "DATA", ()))
+    if not all(isinstance(m, str) for m in modules):
+        raise ValueError(f"{path}: MODULES must be a tuple of module names")
+    unknown = [d for d in data if d not in NAMES]
+    if unknown:
+        raise ValueError(f"{path}: DATA names {unknown}, which fmlab.data does not have "
+                         f"(it has {', '.join(NAMES)})")
+    cached = [d for d in data if d in ("fashion-mnist", "cifar10")]
+    if cached:  # the child's data cache is its own, empty folder
+        raise ValueError(f"{path}: DATA names {cached}, which live in the data cache; the graded "
+                         "code cannot download or read them: hand their images in with prepare")
+    return modules, data
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Questions whose answer is a trained model: the child trains, the parent evaluates.
 
 Explained for instructors in book/instructors.md. The parent chooses the training images in
-``prepare`` and hands them to the child; the held-out images stay in the parent, which loads
-the returned weights into its own copy of the reference architecture and evaluates them there.
+``prepare``, from the dataset the checks file names, and hands them to the child; the held-out
+images stay in the parent, which loads the returned weights into its own copy of the reference
+architecture and evaluates them there.
 """
 from __future__ import annotations
 
@@ -13,13 +14,19 @@ from torch import nn
 from .spec import Result, expect_state_dict
 
 
-def with_training_images(case: dict) -> dict:
-    """``prepare``: the first ``case["n_train"]`` embedded MNIST training images, as tensors."""
-    from fmlab.data import load
+def training_images(dataset: str, split: str = "train", source: str = "embedded"):
+    """A ``prepare`` that hands the child the first ``case["n_train"]`` images of ``dataset``
+    (a name of :func:`fmlab.data.load`), as tensors with their class names. The checks file
+    declares the dataset: ``prepare=training_images("mnist")``."""
+    def prepare(case: dict) -> dict:
+        from fmlab.data import load
 
-    train = load("mnist", "train", source="embedded").subset(case["n_train"])
-    case["x"], case["y"] = train.x, train.y
-    return case
+        kwargs = {"source": source} if dataset == "mnist" else {}
+        train = load(dataset, split, **kwargs).subset(case["n_train"])
+        case.update(x=train.x, y=train.y, classes=list(train.classes), dataset=train.name)
+        return case
+
+    return prepare
 
 
 def train_in_child(ns: dict, case: dict, function: str, guard=contextlib.nullcontext) -> dict:
@@ -27,7 +34,7 @@ def train_in_child(ns: dict, case: dict, function: str, guard=contextlib.nullcon
     ``guard()``, and return the trained model's ``state_dict``."""
     from fmlab.data import Dataset
 
-    train = Dataset(case["x"].clone(), case["y"].clone(), [str(d) for d in range(10)], "mnist-5k")
+    train = Dataset(case["x"].clone(), case["y"].clone(), list(case["classes"]), case["dataset"])
     with guard():
         model = ns[function](train)
     if not isinstance(model, nn.Module):

@@ -2,7 +2,8 @@
 
 ``run`` calls the student's function in the child process; ``grade`` recomputes the reference
 with :mod:`fmlab.adversarial` in the parent. While the student's code runs, fmlab's own attacks
-and torchattacks are switched off, so that importing the answer does not pass.
+and torchattacks are switched off (``forbid``, fmlab/grading/forbid.py), so that importing the
+answer does not pass.
 
 Models are named in the cases and built the same way on both sides from a seed: ``"mlp"``
 (no mode-dependent layers), ``"bn"`` (batch norm + dropout: its output depends on train/eval
@@ -12,7 +13,6 @@ MNIST by ``prepare`` in the parent; its weights travel in the case.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
@@ -20,10 +20,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from fmlab.grading import Question, Result, expect_state_dict
-from fmlab.grading.trained import load_into_reference, train_in_child, with_training_images
+from fmlab.grading.trained import load_into_reference, train_in_child, training_images
+
+MODULES = ("torchattacks",)  # imported in the grading child before the student's code runs
 
 # q4: the threat model and the grader's attack.
 Q4_EPS = 0.1
+
+# What the exercises ask students to write themselves. q3 hands the student's step the
+# reference pgd, so it may call that one.
+ATTACKS = ("fmlab.adversarial.fgsm", "fmlab.adversarial.fgsm_rs",
+           "fmlab.adversarial.adversarial_training_step", "fmlab.adversarial.AdversarialTransform",
+           "torchattacks.*")
+PGD = ("fmlab.adversarial.pgd",)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,33 +94,6 @@ def _model_of(case: dict) -> nn.Module:
     return _build(case["model"], case.get("seed", 0), case.get("state"))
 
 
-@contextlib.contextmanager
-def _library_off():
-    """Make fmlab's and torchattacks' attacks raise while the student's code runs."""
-    import fmlab.adversarial as adv
-    owners = [(adv, n) for n in ("fgsm", "pgd", "fgsm_rs", "adversarial_training_step",
-                                 "AdversarialTransform")]
-    try:
-        import torchattacks
-        owners += [(torchattacks, n) for n in ("FGSM", "PGD", "FFGSM", "PGDL2", "BIM")]
-    except Exception:  # torchattacks is optional
-        pass
-    saved = [(o, n, getattr(o, n)) for o, n in owners if hasattr(o, n)]
-
-    def blocked(name):
-        def f(*args, **kwargs):
-            raise RuntimeError(f"this lab asks you to write the attack yourself: {name} is switched off here")
-        return f
-
-    try:
-        for o, n, _ in saved:
-            setattr(o, n, blocked(n))
-        yield
-    finally:
-        for o, n, fn in saved:
-            setattr(o, n, fn)
-
-
 def _in_threat_model(x_adv, x, eps: float, what: str) -> Result | None:
     """None when ``x_adv`` is a tensor of x's shape inside the ε-ball and [0, 1]; else why not."""
     if not isinstance(x_adv, torch.Tensor) or tuple(x_adv.shape) != tuple(x.shape):
@@ -155,8 +137,7 @@ def _unchanged(got: dict, case: dict) -> Result | None:
 
 def _attack_run(fn_name: str, ns: dict, case: dict, **kwargs) -> dict:
     model = _model_of(case).train()
-    with _library_off():
-        x_adv = ns[fn_name](model, case["x"].clone(), case["y"].clone(), **kwargs)
+    x_adv = ns[fn_name](model, case["x"].clone(), case["y"].clone(), **kwargs)
     return {"x_adv": x_adv, "training": model.training,
             "state": {k: v.clone() for k, v in model.state_dict().items()},
             "grads_touched": any(p.grad is not None for p in model.parameters())}
@@ -259,12 +240,11 @@ def run_q3(ns, case):
     ns["pgd"] = reference_pgd
     states, losses = [], []
     try:
-        with _library_off():
-            for i in range(case["calls"]):
-                xb, yb = case["x"][i::case["calls"]].clone(), case["y"][i::case["calls"]].clone()
-                losses.append(float(ns["adversarial_training_step"](
-                    model, opt, xb, yb, case["eps"], case["alpha"], case["steps"], random_start=False)))
-                states.append({k: v.clone() for k, v in model.state_dict().items()})  # a snapshot
+        for i in range(case["calls"]):
+            xb, yb = case["x"][i::case["calls"]].clone(), case["y"][i::case["calls"]].clone()
+            losses.append(float(ns["adversarial_training_step"](
+                model, opt, xb, yb, case["eps"], case["alpha"], case["steps"], random_start=False)))
+            states.append({k: v.clone() for k, v in model.state_dict().items()})  # a snapshot
     finally:
         if saved is None:
             ns.pop("pgd", None)
@@ -303,7 +283,7 @@ def grade_q3(case, got):
 # ---------------------------------------------------------------------------------------------
 
 def run_q4(ns, case):
-    return train_in_child(ns, case, "train_robust_model", guard=_library_off)
+    return train_in_child(ns, case, "train_robust_model")
 
 
 def grade_q4(case, got):
@@ -340,7 +320,7 @@ def grade_q4(case, got):
 QUESTIONS = [
     Question(
         id="q1", points=2, title="FGSM", requires=("fgsm",),
-        run=run_q1, grade=grade_q1, prepare=_prepare_inputs, timeout=20,
+        run=run_q1, grade=grade_q1, prepare=_prepare_inputs, timeout=20, forbid=ATTACKS + PGD,
         cases=lambda: [
             {"name": "an MLP, eps = 0.1", "model": "mlp", "n": 16, "eps": 0.1},
             {"name": "batch norm + dropout, eps = 0.2 (handed over in train mode)", "model": "bn",
@@ -348,7 +328,7 @@ QUESTIONS = [
         ]),
     Question(
         id="q2", points=3, title="PGD with random start", requires=("pgd",),
-        run=run_q2, grade=grade_q2, prepare=_prepare_inputs, timeout=30,
+        run=run_q2, grade=grade_q2, prepare=_prepare_inputs, timeout=30, forbid=ATTACKS + PGD,
         cases=lambda: [
             {"name": "no random start (exact)", "model": "bn", "n": 16, "eps": 0.15, "alpha": 0.05,
              "steps": 5, "random_start": False},
@@ -359,7 +339,7 @@ QUESTIONS = [
         ]),
     Question(
         id="q3", points=3, title="An adversarial-training step", requires=("adversarial_training_step",),
-        run=run_q3, grade=grade_q3, prepare=_prepare_inputs, timeout=30,
+        run=run_q3, grade=grade_q3, prepare=_prepare_inputs, timeout=30, forbid=ATTACKS,
         cases=lambda: [
             {"name": "SGD, two calls", "model": "mlp", "n": 32, "calls": 2, "eps": 0.2, "alpha": 0.05,
              "steps": 3, "optimizer": {"name": "sgd", "lr": 0.1}},
@@ -369,7 +349,8 @@ QUESTIONS = [
         ]),
     Question(
         id="q4", points=4, title="Train a robust CNN", requires=("train_robust_model",),
-        run=run_q4, grade=grade_q4, prepare=with_training_images, timeout=150,
+        run=run_q4, grade=grade_q4, prepare=training_images("mnist"), timeout=150,
+        forbid=ATTACKS + PGD,
         cases=lambda: [
             {"name": "4,000 training images, eps = 0.1", "n_train": 4000, "full_at": 0.70,
              "zero_at": 0.40, "min_clean": 0.90},

@@ -3,6 +3,8 @@
 Format: fmlab/grading/spec.py; explained in book/instructors.md. ``run`` runs beside the
 student's code and returns plain data; ``grade`` runs in the grader's own process and computes
 every reference itself, with real torch layers, a reference training loop, and held-out images.
+``forbid`` switches off what an exercise asks students to do themselves (fmlab/grading/forbid.py):
+building layers to read a shape off, and fmlab's own training loop.
 """
 from __future__ import annotations
 
@@ -12,7 +14,14 @@ from torch import nn
 
 from fmlab.grading import Question, Result, expect_close, expect_equal, expect_state_dict
 from fmlab.grading.spec import describe
-from fmlab.grading.trained import load_into_reference, train_in_child, with_training_images
+import fmlab.train
+from fmlab.grading.trained import load_into_reference, train_in_child, training_images
+
+LAYERS = ("torch.nn.Conv2d", "torch.nn.MaxPool2d", "torch.nn.functional.conv2d",
+          "torch.nn.functional.max_pool2d", "torch.max_pool2d")
+# fmlab's versions of what q2-q4 ask for, where fmlab has them
+FMLAB_TRAIN = tuple(f"fmlab.train.{name}" for name in ("accuracy", "train_one_epoch", "fit")
+                    if hasattr(fmlab.train, name))
 
 # --- q1: the output shape of a conv/pool stack -------------------------------------------------
 
@@ -210,7 +219,7 @@ def grade_q4(case, got):
 QUESTIONS = [
     Question(
         id="q1", points=2, title="Output shape of a conv/pool stack", requires=("conv_output_shape",),
-        run=run_q1, grade=grade_q1, timeout=10,
+        run=run_q1, grade=grade_q1, timeout=10, forbid=LAYERS,
         cases=lambda: [
             {"name": "one 3x3 conv", "input_shape": (1, 28, 28), "layers": [("conv", 32, 3, 1, 0)]},
             {"name": "SeedCNN's features", "input_shape": (1, 28, 28),
@@ -220,14 +229,14 @@ QUESTIONS = [
         ]),
     Question(
         id="q2", points=2, title="Accuracy", requires=("accuracy",),
-        run=run_q2, grade=grade_q2, prepare=prepare_q2, timeout=10,
+        run=run_q2, grade=grade_q2, prepare=prepare_q2, timeout=10, forbid=FMLAB_TRAIN,
         cases=lambda: [
             {"name": "a batch of 8, 5 right", "n": 8, "right": 5, "seed": 1},
             {"name": "a batch of 100", "n": 100, "seed": 2},
         ]),
     Question(
         id="q3", points=3, title="One training epoch", requires=("train_one_epoch",),
-        run=run_q3, grade=grade_q3, prepare=prepare_q3, timeout=10,
+        run=run_q3, grade=grade_q3, prepare=prepare_q3, timeout=10, forbid=FMLAB_TRAIN,
         cases=lambda: [
             {"name": "SGD, batches of 8", "seed": 0, "batch_sizes": [8, 8, 8],
              "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}},
@@ -236,7 +245,8 @@ QUESTIONS = [
         ]),
     Question(
         id="q4", points=3, title="Train a CNN to 90% held-out accuracy", requires=("train_model",),
-        run=run_q4, grade=grade_q4, prepare=with_training_images, timeout=60,
+        run=run_q4, grade=grade_q4, prepare=training_images("mnist"), timeout=60,
+        forbid=FMLAB_TRAIN,
         cases=lambda: [
             {"name": "4,000 training images", "n_train": 4000, "full_at": 0.90, "zero_at": 0.70},
         ]),

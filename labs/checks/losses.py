@@ -1,13 +1,13 @@
 """Public checks of the losses lab (labs/02_losses.ipynb).
 
 ``run`` calls the student's function in the child process; ``grade`` computes the reference
-with PyTorch (``F.softmax``, ``F.cross_entropy``, autograd) in the parent. While a student's
-function runs, the library function the exercise asks to write is switched off, so that
-``return torch.softmax(z, dim)`` does not pass as an answer.
+with PyTorch (``F.softmax``, ``F.cross_entropy``, autograd) in the parent. Each question's
+``forbid`` lists what the exercise asks students to write themselves (torch's functions of the
+same job, their module and functional forms, autograd where the gradient is the exercise, and
+all of ``fmlab.losses``): switched off while the student's function runs (fmlab/grading/forbid.py),
+so that ``return torch.softmax(z, dim)`` does not pass as an answer.
 """
 from __future__ import annotations
-
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -18,36 +18,21 @@ from fmlab.grading import Question, expect_close
 # Helpers shared by run (child) and grade (parent)
 # ---------------------------------------------------------------------------------------------
 
-# What each question may not call: (owner, attribute name).
-_OFF = {
-    "q1": [(torch, "softmax"), (F, "softmax"), (torch.Tensor, "softmax"), (torch, "log_softmax"),
-           (F, "log_softmax"), (torch.Tensor, "log_softmax")],
-    "q2": [(F, "cross_entropy"), (F, "nll_loss"), (torch, "log_softmax"), (F, "log_softmax"),
-           (torch.Tensor, "log_softmax")],
-    "q3": [(F, "cross_entropy"), (F, "nll_loss")],
-    "q4": [(F, "binary_cross_entropy_with_logits"), (F, "binary_cross_entropy"), (F, "softplus"),
-           (F, "logsigmoid")],
-    "q5": [],
-}
-
-
-@contextlib.contextmanager
-def _library_off(qid: str):
-    """Make the functions a question asks to write raise while the student's code runs."""
-    saved = [(owner, name, getattr(owner, name)) for owner, name in _OFF[qid]]
-
-    def blocked(name):
-        def f(*args, **kwargs):
-            raise RuntimeError(f"{qid} asks you to write this yourself: {name} is switched off in this check")
-        return f
-
-    try:
-        for owner, name, _ in saved:
-            setattr(owner, name, blocked(f"{getattr(owner, '__name__', owner)}.{name}"))
-        yield
-    finally:
-        for owner, name, fn in saved:
-            setattr(owner, name, fn)
+FMLAB = ("fmlab.losses.*",)
+SOFTMAX = ("torch.softmax", "torch.nn.functional.softmax", "torch.Tensor.softmax",
+           "torch.special.softmax", "torch.nn.Softmax", "torch._softmax")
+LOG_SOFTMAX = ("torch.log_softmax", "torch.nn.functional.log_softmax", "torch.Tensor.log_softmax",
+               "torch.special.log_softmax", "torch.nn.LogSoftmax", "torch._log_softmax")
+CROSS_ENTROPY = ("torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss",
+                 "torch.nn.CrossEntropyLoss", "torch.nn.NLLLoss", "torch._C._nn.cross_entropy_loss",
+                 "torch._C._nn.nll_loss", "torch._C._nn.nll_loss_nd")
+AUTOGRAD = ("torch.autograd.grad", "torch.autograd.backward", "torch.Tensor.backward",
+            "torch.autograd.functional.jacobian", "torch.autograd.functional.vjp",
+            "torch.func.grad", "torch.func.vjp", "torch.func.jacrev", "torch.func.jacfwd")
+BCE = ("torch.nn.functional.binary_cross_entropy_with_logits", "torch.binary_cross_entropy_with_logits",
+       "torch.nn.functional.binary_cross_entropy", "torch._C._nn.binary_cross_entropy",
+       "torch.nn.BCEWithLogitsLoss", "torch.nn.BCELoss", "torch.nn.functional.softplus",
+       "torch.nn.Softplus", "torch.nn.functional.logsigmoid", "torch.nn.LogSigmoid")
 
 
 def _tol(dtype: torch.dtype) -> dict:
@@ -68,8 +53,7 @@ def _labels(n, c, seed=1):
 # ---------------------------------------------------------------------------------------------
 
 def run_q1(ns, case):
-    with _library_off("q1"):
-        return ns["softmax"](case["z"].clone(), dim=case["dim"])
+    return ns["softmax"](case["z"].clone(), dim=case["dim"])
 
 
 def grade_q1(case, got):
@@ -90,8 +74,7 @@ def cases_q1():
 # ---------------------------------------------------------------------------------------------
 
 def run_q2(ns, case):
-    with _library_off("q2"):
-        return ns["cross_entropy"](case["logits"].clone(), case["targets"].clone())
+    return ns["cross_entropy"](case["logits"].clone(), case["targets"].clone())
 
 
 def grade_q2(case, got):
@@ -120,7 +103,7 @@ def cases_q2():
 
 def run_q3(ns, case):
     # Inputs do not require grad and autograd records nothing: the formula must do the work.
-    with _library_off("q3"), torch.no_grad():
+    with torch.no_grad():
         return ns["cross_entropy_grad"](case["logits"].clone(), case["targets"].clone())
 
 
@@ -144,8 +127,7 @@ def cases_q3():
 # ---------------------------------------------------------------------------------------------
 
 def run_q4(ns, case):
-    with _library_off("q4"):
-        return ns["binary_cross_entropy_with_logits"](case["z"].clone(), case["y"].clone())
+    return ns["binary_cross_entropy_with_logits"](case["z"].clone(), case["y"].clone())
 
 
 def grade_q4(case, got):
@@ -214,12 +196,14 @@ def cases_q5():
 
 
 QUESTIONS = [
-    Question("q1", 2, "a numerically stable softmax", ("softmax",), run_q1, grade_q1, cases_q1),
-    Question("q2", 2, "cross-entropy from logits", ("cross_entropy",), run_q2, grade_q2, cases_q2),
+    Question("q1", 2, "a numerically stable softmax", ("softmax",), run_q1, grade_q1, cases_q1,
+             forbid=SOFTMAX + LOG_SOFTMAX + FMLAB),
+    Question("q2", 2, "cross-entropy from logits", ("cross_entropy",), run_q2, grade_q2, cases_q2,
+             forbid=CROSS_ENTROPY + LOG_SOFTMAX + FMLAB),
     Question("q3", 2, "the cross-entropy gradient without autograd", ("cross_entropy_grad",),
-             run_q3, grade_q3, cases_q3),
+             run_q3, grade_q3, cases_q3, forbid=CROSS_ENTROPY + AUTOGRAD + FMLAB),
     Question("q4", 2, "a stable binary cross-entropy on logits", ("binary_cross_entropy_with_logits",),
-             run_q4, grade_q4, cases_q4),
+             run_q4, grade_q4, cases_q4, forbid=BCE + FMLAB),
     Question("q5", 2, "a central-difference numerical gradient", ("numerical_gradient",),
-             run_q5, grade_q5, cases_q5),
+             run_q5, grade_q5, cases_q5, forbid=AUTOGRAD + FMLAB),
 ]

@@ -4,6 +4,8 @@ q1-q3: the student's optimizer class trains a small tanh network described by th
 steps, options, parameter groups, frozen parameters, a state_dict reload); the parent replays
 the same training with the torch.optim optimizer of the same name and compares the final
 parameters. q4: the student's warm-up + cosine schedule against torch.optim.lr_scheduler.
+While the student's code runs, torch's and fmlab's optimizers of the same job (their classes and
+functional forms) and schedules are switched off (``forbid``, fmlab/grading/forbid.py).
 """
 from __future__ import annotations
 
@@ -61,7 +63,21 @@ def _train(make_opt, case: dict) -> list[torch.Tensor]:
     return [p.detach().clone() for p in (W, b, c)]
 
 
-def _optimizer_question(qid: str, name: str, title: str, cases: list[dict]) -> Question:
+ADAM = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.adam.adam",
+        "torch.optim.adam._single_tensor_adam", "torch.optim.adam._multi_tensor_adam",
+        "torch.optim.adam._fused_adam", "torch.optim.adamw.adamw", "torch._fused_adam_",
+        "torch._fused_adamw_", "fmlab.optim.Adam", "fmlab.optim.AdamW")
+RMSPROP = ("torch.optim.RMSprop", "torch.optim.rmsprop.rmsprop",
+           "torch.optim.rmsprop._single_tensor_rmsprop", "torch.optim.rmsprop._multi_tensor_rmsprop",
+           "fmlab.optim.RMSprop")
+SCHEDULES = ("torch.optim.lr_scheduler.CosineAnnealingLR", "torch.optim.lr_scheduler.LinearLR",
+             "torch.optim.lr_scheduler.SequentialLR", "torch.optim.lr_scheduler.OneCycleLR",
+             "torch.optim.lr_scheduler.CosineAnnealingWarmRestarts", "fmlab.optim.warmup_cosine",
+             "fmlab.optim.cosine", "fmlab.optim.linear_warmup", "fmlab.optim.schedule_lambda")
+
+
+def _optimizer_question(qid: str, name: str, title: str, cases: list[dict],
+                        forbid: tuple[str, ...]) -> Question:
     def run(ns, case):
         return _train(ns[name], case)
 
@@ -77,7 +93,7 @@ def _optimizer_question(qid: str, name: str, title: str, cases: list[dict]) -> Q
         return Result.ok()
 
     return Question(id=qid, points=1, title=title, requires=(name,), run=run, grade=grade,
-                    cases=lambda: copy.deepcopy(cases))
+                    cases=lambda: copy.deepcopy(cases), forbid=forbid)
 
 
 ADAM_CASES = [
@@ -145,10 +161,10 @@ SCHEDULE_CASES = [
 
 
 QUESTIONS = [
-    _optimizer_question("q1", "Adam", "Adam with bias correction", ADAM_CASES),
-    _optimizer_question("q2", "AdamW", "AdamW: decoupled weight decay", ADAMW_CASES),
-    _optimizer_question("q3", "RMSprop", "RMSProp", RMSPROP_CASES),
+    _optimizer_question("q1", "Adam", "Adam with bias correction", ADAM_CASES, ADAM),
+    _optimizer_question("q2", "AdamW", "AdamW: decoupled weight decay", ADAMW_CASES, ADAM),
+    _optimizer_question("q3", "RMSprop", "RMSProp", RMSPROP_CASES, RMSPROP),
     Question(id="q4", points=1, title="Warm-up + cosine learning-rate schedule",
              requires=("warmup_cosine",), run=_run_schedule, grade=_grade_schedule,
-             cases=lambda: copy.deepcopy(SCHEDULE_CASES)),
+             cases=lambda: copy.deepcopy(SCHEDULE_CASES), forbid=SCHEDULES),
 ]

@@ -1,0 +1,245 @@
+"""The grader against a student who attacks it, and against a busy machine.
+
+Attacks through the operating system (a detached process, native file access, the grader's
+memory, another submission's files) and by delegating the exercise to a library: each must end
+with the stub's score, the results file intact and, for delegation, "asks you to write this
+yourself". Correct work in notebook form (black's line breaks, display, magics, DataLoader
+workers) keeps full marks; limits count CPU time, so a busy machine costs no points, and what
+sleeps or spins forever stops with a message that says which limit stopped it.
+
+The submissions are built in tests/fixtures/attacks.py. These tests grade as the CI does: as
+root, where each child gets a uid and namespaces of its own. The fallbacks are tested at the
+end: a grader that is not root (run as another uid), and one told to use no boundary at all.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from fixtures import attacks
+from fixtures.bad_submissions import stopped_by_cpu_limit
+from fmlab.grading.grader import grade_notebook
+from fmlab.grading.runner import Limits
+
+ROOT = attacks.ROOT
+HIDDEN = ROOT / "labs" / "hidden"
+FIRST3 = ["q1", "q2", "q3"]
+POINTS = {"q1": 2.0, "q2": 2.0, "q3": 3.0}
+MASTER_NEEDLE = (b"a kernel as large", b" as the input")  # a hidden case's name, split
+IS_ROOT = os.geteuid() == 0
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fmlab", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def scores(report) -> dict[str, float]:
+    return {q.id: q.score for q in report.questions}
+
+
+def messages(report, qid: str) -> str:
+    return "\n".join(c.message for c in report.question(qid).cases)
+
+
+def write(folder: Path, name: str, nb: dict) -> Path:
+    path = folder / f"{name}.ipynb"
+    path.write_text(json.dumps(nb))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sentinel():
+    """A file outside every working folder (in the repository), which nothing may change."""
+    path = ROOT / "tests" / f".sentinel-{os.getpid()}"
+    path.write_text("original")
+    os.chmod(path, 0o666)
+    yield path
+    path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory, sentinel):
+    """The attacks graded by grade_notebook, two at a time."""
+    folder = tmp_path_factory.mktemp("attacks")
+    subs = {
+        "native_read_master": (attacks.native_read_master(), "cnn", FIRST3),
+        "native_read_hidden": (attacks.native_read_hidden(HIDDEN), "cnn", FIRST3),
+        "native_write": (attacks.native_write(sentinel), "cnn", ["q1"]),
+        "parent_memory": (attacks.parent_memory(MASTER_NEEDLE), "cnn", FIRST3),
+        "notebook_style": (attacks.notebook_style(), "cnn", FIRST3),
+        **{f"delegation_{lab}": (attacks.delegation(lab), lab, qs)
+           for lab, qs in attacks.DELEGATION_QUESTIONS.items()},
+    }
+
+    def grade(name):
+        nb, lab, only = subs[name]
+        return grade_notebook(write(folder, name, nb), HIDDEN, limits=Limits(threads=1), only=only)
+
+    scratch = tmp_path_factory.mktemp("scratch")  # the grader's temporary folders go here
+    saved, tempfile.tempdir = tempfile.tempdir, str(scratch)
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            reports = dict(zip(subs, pool.map(grade, subs)))
+    finally:
+        tempfile.tempdir = saved
+    reports["scratch left"] = sorted(p.name for p in scratch.glob("fmlab-grade-*"))
+    return reports
+
+
+def test_temporary_folders_are_removed(graded):
+    assert graded["scratch left"] == []
+
+
+def test_a_detached_process_cannot_rewrite_the_results(tmp_path):
+    results = tmp_path / "results.json"
+    sub = write(tmp_path, "forger", attacks.detached_forger(results))
+    run = cli("grade", str(sub), "--tests", str(HIDDEN), "--out", str(results), "--questions", "q1",
+              cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    end = time.time() + 8  # the forger waits for the grader's results.json, then rewrites it
+    while time.time() < end:
+        data = json.loads(results.read_text())
+        assert data["score"] == 0 and "forged" not in data, data
+        time.sleep(0.5)
+
+
+def test_native_reads_of_the_master_and_hidden_tests_get_nothing(graded):
+    for name in ("native_read_master", "native_read_hidden"):
+        assert scores(graded[name]) == {"q1": 0, "q2": 0, "q3": 0}, name
+
+
+def test_native_writes_outside_the_working_folder_change_nothing(graded, sentinel):
+    assert graded["native_write"].question("q1").score == 0
+    assert sentinel.read_text() == "original"
+
+
+def test_the_graders_memory_is_out_of_reach(graded):
+    assert scores(graded["parent_memory"]) == {"q1": 0, "q2": 0, "q3": 0}
+
+
+@pytest.mark.parametrize("lab", list(attacks.DELEGATION_QUESTIONS))
+def test_delegating_the_exercise_scores_zero(graded, lab):
+    report = graded[f"delegation_{lab}"]
+    for qid in attacks.DELEGATION_QUESTIONS[lab]:
+        assert report.question(qid).score == 0, (qid, messages(report, qid))
+        assert "asks you to write this yourself" in messages(report, qid), (qid, messages(report, qid))
+
+
+def test_another_submissions_results_are_out_of_reach(tmp_path):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    write(subs, "a_victim", attacks.master("cnn"))
+    write(subs, "b_thief", attacks.cross_job_thief())
+    run = cli("grade", str(subs), "--tests", str(HIDDEN), "--jobs", "64", "--questions", "q2,q4",
+              "--gradebook", str(tmp_path / "grades.csv"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "more than the" in run.stderr and "cores" in run.stderr  # --jobs capped, and said
+    rows = {r["submission"]: r for r in csv.DictReader(open(tmp_path / "grades.csv"))}
+    assert rows["a_victim.ipynb"]["q2"] == "2.0" and rows["b_thief.ipynb"]["q2"] == "0.0", rows
+
+
+def test_correct_work_in_notebook_form_keeps_full_marks(graded):
+    r = graded["notebook_style"]
+    assert scores(r) == POINTS, [messages(r, q) for q in FIRST3] + r.notes
+    assert not r.notes, r.notes
+
+
+def test_what_sleeps_or_spins_forever_stops_at_its_limit(tmp_path):
+    r = grade_notebook(write(tmp_path, "forever", attacks.forever()), HIDDEN,
+                       limits=Limits(case_timeout=2, cell_timeout=20, threads=1), only=FIRST3)
+    assert scores(r) == {"q1": 0, "q2": 0, "q3": 3.0}
+    assert "stopped at the wall-clock ceiling of 10 s" in messages(r, "q1"), messages(r, "q1")
+    assert "mostly waiting" in messages(r, "q1")
+    assert stopped_by_cpu_limit(messages(r, "q2"), 2), messages(r, "q2")
+    assert "machine load" in messages(r, "q2")
+
+
+def test_a_busy_machine_costs_no_points(tmp_path):
+    """A question whose work takes seconds (adversarial training of a CNN, about 20 s of CPU
+    time) while two busy-loop processes share the core it runs on, with the default limits.
+    One core, so that the contention does not depend on what else this machine runs."""
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})  # the grader, its children and the loops inherit it
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        r = grade_notebook(write(tmp_path, "master", attacks.master("adversarial")), HIDDEN,
+                           only=["q4"])
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+        os.sched_setaffinity(0, cores)
+    assert scores(r) == {"q4": 4.0}, messages(r, "q4")
+
+
+# --- the fallbacks ----------------------------------------------------------------------------
+
+UID = 4242
+
+
+def run_as_other_user(args: list[str], folder: Path) -> subprocess.CompletedProcess:
+    """``python -m fmlab ARGS`` as an unprivileged uid, with ``folder`` writable. Python lives
+    where that uid may not look (under /root here), so the run starts inside a mount namespace
+    that shows it, which is what the grader's own boundary does for its children."""
+    from fmlab.grading import boundary
+
+    os.chown(folder, UID, UID)
+    for p in folder.rglob("*"):
+        os.chown(p, UID, UID)
+    iso = boundary.Isolation("root", unshare=boundary._unshare())
+    cfg = boundary.child_config(iso, uid=UID, keep=[str(folder)], hide=[], read=[],
+                                cwd=str(folder), cpu_s=1200, memory_mb=0, file_mb=0)
+    cfg["nproc"] = 4096
+    cfg_file = folder.parent / f"harness-{os.getpid()}.json"
+    cfg_file.write_text(json.dumps(cfg))
+    fd = os.open(cfg_file, os.O_RDONLY)
+    env = {"PATH": os.defpath, "HOME": str(folder), "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
+    try:
+        return subprocess.run([*iso.prefix(), sys.executable, "-I", "-S", boundary.__file__, str(fd),
+                               "--", sys.executable, "-m", "fmlab", *args], pass_fds=(fd,),
+                              capture_output=True, text=True, timeout=400, env=env, cwd=folder)
+    finally:
+        os.close(fd)
+        cfg_file.unlink()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="running the grader as another user needs root; the "
+                                        "grader run by this test suite is that non-root grader")
+def test_a_grader_that_is_not_root_uses_user_namespaces(tmp_path):
+    folder = tmp_path / "nonroot"
+    folder.mkdir()
+    results = folder / "results.json"
+    write(folder, "forger", attacks.detached_forger(results))
+    write(folder, "reader", attacks.native_read_hidden(HIDDEN))
+    run = run_as_other_user(["grade", "forger.ipynb", "--tests", str(HIDDEN), "--out", str(results),
+                             "--questions", "q1"], folder)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "isolation is weaker" not in run.stderr  # user namespaces are allowed here
+    time.sleep(6)
+    data = json.loads(results.read_text())
+    assert data["score"] == 0 and "forged" not in data, data
+    run = run_as_other_user(["grade", "reader.ipynb", "--tests", str(HIDDEN), "--out", "r2.json",
+                             "--questions", "q1,q2"], folder)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert json.loads((folder / "r2.json").read_text())["score"] == 0
+
+
+def test_without_a_boundary_the_grader_says_so_and_still_grades(tmp_path):
+    env = dict(os.environ, FMLAB_GRADING_ISOLATION="none")
+    sub = write(tmp_path, "master", attacks.master("cnn"))
+    run = cli("grade", str(sub), "--out", str(tmp_path / "r.json"), "--questions", "q1,q2",
+              cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    warning = [line for line in run.stderr.splitlines() if "isolation is weaker" in line]
+    assert len(warning) == 1 and "root in a throw-away container" in warning[0], run.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["score"] == 4.0
