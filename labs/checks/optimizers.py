@@ -66,10 +66,11 @@ def _train(make_opt, case: dict) -> list[torch.Tensor]:
 ADAM = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.adam.adam",
         "torch.optim.adam._single_tensor_adam", "torch.optim.adam._multi_tensor_adam",
         "torch.optim.adam._fused_adam", "torch.optim.adamw.adamw", "torch._fused_adam_",
-        "torch._fused_adamw_", "fmlab.optim.Adam", "fmlab.optim.AdamW")
+        "torch._fused_adamw_", "fmlab.optim.Adam", "fmlab.optim.AdamW",
+        "fmlab.optim._single_tensor_adam")
 RMSPROP = ("torch.optim.RMSprop", "torch.optim.rmsprop.rmsprop",
            "torch.optim.rmsprop._single_tensor_rmsprop", "torch.optim.rmsprop._multi_tensor_rmsprop",
-           "fmlab.optim.RMSprop")
+           "fmlab.optim.RMSprop", "fmlab.optim._single_tensor_rmsprop")
 SCHEDULES = ("torch.optim.lr_scheduler.CosineAnnealingLR", "torch.optim.lr_scheduler.LinearLR",
              "torch.optim.lr_scheduler.SequentialLR", "torch.optim.lr_scheduler.OneCycleLR",
              "torch.optim.lr_scheduler.CosineAnnealingWarmRestarts", "fmlab.optim.warmup_cosine",
