@@ -1,8 +1,8 @@
-"""Compression: magnitude pruning (unstructured and by filters), distillation, and the three
-measurements a compressed model is judged by: accuracy, bytes of the saved weights, latency.
+"""Compression: magnitude pruning (unstructured, and of whole filters) and distillation.
 
-Explained in book/05_compression.ipynb. Quantization lives in :mod:`fmlab.quantize` and is
-re-exported here.
+Explained in book/05_compression.ipynb. Quantization (:mod:`fmlab.quantize`) and the
+measurements of bytes, multiply-accumulates and latency (:mod:`fmlab.measure`) are re-exported
+here, so ``from fmlab import compress`` holds the whole chapter.
 
 Pruning keeps a 0/1 mask per layer as a *parametrization* of the layer's weight: the layer
 computes with ``weight * mask``, and training updates the float weight underneath, whose masked
@@ -14,47 +14,50 @@ by themselves: :func:`packed_state` stores them as a bit mask (plus int8 codes),
 from __future__ import annotations
 
 import copy
-import io
-import statistics
-import time
 from typing import Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .data import Dataset, batches
+from .measure import (PRUNABLE, count_macs, median_latency, packed_state, saved_bytes,  # noqa: F401
+                      unpack_state)
 from .quantize import (FakeQuant, Quantized, add_fake_quant, dequantize, fake_quantize,  # noqa: F401
                        qparams, qrange, quantize, torchao_int8, weights_quantized)
 from .runtime import device as default_device
 
-PRUNABLE = (nn.Linear, nn.Conv2d)
-
 # Sizes of book/05_compression.ipynb (read with ``profile().pick(SIZES)``).
 SIZES = {
     "quick": {
-        "cnn": "twoconv", "teacher": "twoconv", "epochs": 6, "mlp_epochs": 12, "lr": 2e-3,
-        "batch_size": 64, "sparsities": [0.5, 0.75, 0.9, 0.95, 0.98], "retrain_epochs": 2,
-        "cnn_sparsities": [0.5, 0.8, 0.9, 0.95], "cnn_retrain_epochs": 1,
-        "ticket_sparsity": 0.95, "ticket_epochs": 8, "seeds": [0, 1, 2],
-        "filter_amount": 0.5, "filter_retrain_epochs": 2, "qat_bits": [8, 4, 2], "qat_epochs": 1,
-        "student_hidden": 40, "student_epochs": 15, "T": 4.0, "alpha": 0.9,
+        "cnn": "twoconv", "teacher": "twoconv", "teacher_widths": None,
+        "epochs": 8, "mlp_epochs": 15, "lr": 2e-3, "batch_size": 64,
+        "sparsities": [0.5, 0.75, 0.9, 0.917, 0.95, 0.98], "retrain_epochs": 2,
+        "retrain_lr": 1e-3, "cnn_sparsities": [0.5, 0.8, 0.9, 0.95], "cnn_retrain_epochs": 1,
+        "table_sparsity": 0.9, "ticket_sparsity": 0.95, "ticket_epochs": 10, "seeds": [0, 1, 2],
+        "filter_amount": 0.5, "filter_retrain_epochs": 2,
+        "qat_bits": [8, 4, 2], "qat_epochs": 2, "qat_lr": 5e-4,
+        "student_hidden": 40, "student_epochs": 25, "T": 8.0, "alpha": 0.9,
+        "combo_sparsity": 0.75, "combo_epochs": 5,
         "latency_batches": [1, 256], "latency_repeats": 9, "threads": 1,
     },
-    "full": {  # full MNIST on a GPU; a ResNet teacher; longer retraining
-        "cnn": "twoconv", "teacher": "resnet", "epochs": 12, "mlp_epochs": 30, "lr": 1e-3,
-        "batch_size": 128, "sparsities": [0.5, 0.75, 0.9, 0.95, 0.98], "retrain_epochs": 4,
-        "cnn_sparsities": [0.5, 0.8, 0.9, 0.95], "cnn_retrain_epochs": 3,
-        "ticket_sparsity": 0.95, "ticket_epochs": 20, "seeds": [0, 1, 2, 3, 4],
-        "filter_amount": 0.5, "filter_retrain_epochs": 5, "qat_bits": [8, 4, 2], "qat_epochs": 3,
-        "student_hidden": 40, "student_epochs": 30, "T": 4.0, "alpha": 0.9,
+    "full": {  # full MNIST on a GPU: a ResNet teacher, longer training and retraining
+        "cnn": "twoconv", "teacher": "resnet", "teacher_widths": [48, 96, 192],
+        "epochs": 15, "mlp_epochs": 30, "lr": 1e-3, "batch_size": 128,
+        "sparsities": [0.5, 0.75, 0.9, 0.917, 0.95, 0.98], "retrain_epochs": 4,
+        "retrain_lr": 5e-4, "cnn_sparsities": [0.5, 0.8, 0.9, 0.95], "cnn_retrain_epochs": 3,
+        "table_sparsity": 0.9, "ticket_sparsity": 0.95, "ticket_epochs": 30,
+        "seeds": [0, 1, 2, 3, 4], "filter_amount": 0.5, "filter_retrain_epochs": 5,
+        "qat_bits": [8, 4, 2], "qat_epochs": 4, "qat_lr": 2e-4,
+        "student_hidden": 40, "student_epochs": 40, "T": 8.0, "alpha": 0.9,
+        "combo_sparsity": 0.75, "combo_epochs": 10,
         "latency_batches": [1, 256], "latency_repeats": 15, "threads": 1,
     },
+    # FMLAB_SMOKE=1: the same code paths with a token amount of training
     "smoke": {"epochs": 1, "mlp_epochs": 1, "retrain_epochs": 1, "cnn_retrain_epochs": 1,
               "ticket_epochs": 1, "seeds": [0, 1], "filter_retrain_epochs": 1, "qat_epochs": 1,
-              "student_epochs": 1, "latency_repeats": 3},
+              "student_epochs": 1, "combo_epochs": 1, "latency_repeats": 3},
 }
 
 
@@ -267,120 +270,6 @@ def prune_filters(model: nn.Module, amount: float, example: torch.Tensor) -> nn.
                 leaves[j] = (nxt_name, lin)
                 break
     return model
-
-
-# ---------------------------------------------------------------------------------------------
-# Measuring: bytes, multiply-accumulates, latency
-# ---------------------------------------------------------------------------------------------
-
-def saved_bytes(obj: nn.Module | Mapping) -> int:
-    """Bytes of ``torch.save(model.state_dict())`` (or of a dict such as :func:`packed_state`)."""
-    if isinstance(obj, nn.Module):
-        if any(parametrize.is_parametrized(m) for m in obj.modules()):
-            raise ValueError("the model still carries masks or fake quantizers; count the bytes "
-                             "of make_permanent(copy.deepcopy(model))")
-        obj = obj.state_dict()
-    buffer = io.BytesIO()
-    torch.save(dict(obj), buffer)
-    return buffer.tell()
-
-
-def packed_state(model: nn.Module, sparse: bool = True, bits: int | None = None) -> dict:
-    """A state dict for storage: each Linear/Conv2d weight as a bit mask of its nonzeros plus
-    their values (``sparse``), the values as int8 codes with one float32 scale per output
-    channel (``bits=8``, symmetric), or both. Other tensors are kept as they are.
-    :func:`unpack_state` inverts it (exactly, up to the quantization)."""
-    if bits not in (None, 8):
-        raise ValueError("packed_state stores float32 values (bits=None) or int8 codes (bits=8)")
-    model = make_permanent(copy.deepcopy(model))
-    weights = {f"{name}.weight" for name in prunable(model)}
-    packed = {}
-    for key, t in model.state_dict().items():
-        if key not in weights:
-            packed[key] = t.clone()
-            continue
-        entry: dict = {"shape": tuple(t.shape)}
-        values = t.detach().cpu().float()
-        if bits is not None:
-            q, scale, _ = quantize(values, 8, "symmetric", axis=0)
-            entry["scale"], values = scale, q
-        if sparse:
-            nonzero = t.detach().cpu() != 0
-            entry["mask"] = torch.from_numpy(np.packbits(nonzero.flatten().numpy()))  # 1 bit each
-            values = values[nonzero]
-        entry["values"] = values.clone()
-        packed[key] = entry
-    return packed
-
-
-def unpack_state(packed: Mapping) -> dict[str, torch.Tensor]:
-    """The plain state dict that :func:`packed_state` stored."""
-    state = {}
-    for key, entry in packed.items():
-        if not isinstance(entry, dict):
-            state[key] = entry
-            continue
-        shape, n = entry["shape"], int(np.prod(entry["shape"]))
-        values = entry["values"]
-        if "mask" in entry:
-            nonzero = torch.from_numpy(np.unpackbits(entry["mask"].numpy())[:n].astype(bool)).view(shape)
-            full = torch.zeros(shape, dtype=values.dtype)
-            full[nonzero] = values
-            values = full
-        if "scale" in entry:
-            values = dequantize(values, entry["scale"], torch.zeros_like(entry["scale"], dtype=torch.int64), axis=0)
-        state[key] = values.reshape(shape).float()
-    return state
-
-
-def count_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass per example, in Conv2d and Linear layers (dense
-    kernels do all of them, zeros or not; a FLOP count is about twice this)."""
-    total = 0
-
-    def hook(m, inputs, out):
-        nonlocal total
-        per_output = m.in_features if isinstance(m, nn.Linear) else \
-            m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-        total += out.numel() // out.shape[0] * per_output
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE)]
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
-
-
-def median_latency(models: Mapping[str, nn.Module], x: torch.Tensor, repeats: int = 9,
-                   threads: int = 1, min_time: float = 0.02) -> dict[str, float]:
-    """Median seconds per forward pass of each model on ``x`` (CPU, ``threads`` threads).
-
-    The models take turns within each repeat (in a rotating order) after one warm-up round, so
-    a busy moment of the machine hits all of them alike; each timing runs enough calls to last
-    at least ``min_time`` seconds. Report ratios between models of the same call, not seconds.
-    """
-    saved = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    names = list(models)
-    try:
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            for m in models.values():
-                m(x)  # warm-up
-            calls = max(1, int(min_time / max((time.perf_counter() - t0) / len(names), 1e-6)))
-            times: dict[str, list[float]] = {n: [] for n in names}
-            for r in range(repeats):
-                for name in names[r % len(names):] + names[:r % len(names)]:
-                    t0 = time.perf_counter()
-                    for _ in range(calls):
-                        models[name](x)
-                    times[name].append((time.perf_counter() - t0) / calls)
-    finally:
-        torch.set_num_threads(saved)
-    return {n: statistics.median(t) for n, t in times.items()}
 
 
 # ---------------------------------------------------------------------------------------------

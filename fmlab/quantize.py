@@ -122,44 +122,47 @@ def fake_quantize(x: torch.Tensor, bits: int = 8, scheme: str = "symmetric",
 
 class FakeQuant(nn.Module):
     """A parametrization: the layer computes with ``fake_quantize(weight)``, per output channel
-    (axis 0), while the optimizer updates the float weight underneath (quantization-aware
-    training, Jacob et al. 2018)."""
+    (``axis=0``) or per tensor (``axis=None``), while the optimizer updates the float weight
+    underneath (quantization-aware training, Jacob et al. 2018)."""
 
-    def __init__(self, bits: int = 8, scheme: str = "symmetric"):
+    def __init__(self, bits: int = 8, scheme: str = "symmetric", axis: int | None = 0):
         super().__init__()
         qrange(bits, scheme)  # validates
-        self.bits, self.scheme = bits, scheme
+        self.bits, self.scheme, self.axis = bits, scheme, axis
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return fake_quantize(w, self.bits, self.scheme, axis=0)
+        return fake_quantize(w, self.bits, self.scheme, self.axis)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, scheme={self.scheme!r}"
+        return f"bits={self.bits}, scheme={self.scheme!r}, axis={self.axis}"
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
-def add_fake_quant(model: nn.Module, bits: int, scheme: str = "symmetric") -> nn.Module:
-    """Make every Linear and Conv2d layer of ``model`` compute with ``bits``-bit weights (in
-    place; biases and activations stay float32). Returns ``model``."""
+def add_fake_quant(model: nn.Module, bits: int, scheme: str = "symmetric",
+                   axis: int | None = 0) -> nn.Module:
+    """Make every Linear and Conv2d layer of ``model`` compute with ``bits``-bit weights, one
+    scale per output channel (``axis=0``) or per layer (``None``); in place. Biases and
+    activations stay float32. Returns ``model``."""
     for layer in _layers(model):
         if parametrize.is_parametrized(layer, "weight"):
             raise ValueError("this layer's weight is already parametrized (pruned or fake-quantized); "
                              "make that permanent first (fmlab.compress.make_permanent)")
-        parametrize.register_parametrization(layer, "weight", FakeQuant(bits, scheme))
+        parametrize.register_parametrization(layer, "weight", FakeQuant(bits, scheme, axis))
     return model
 
 
-def weights_quantized(model: nn.Module, bits: int, scheme: str = "symmetric") -> nn.Module:
+def weights_quantized(model: nn.Module, bits: int, scheme: str = "symmetric",
+                      axis: int | None = 0) -> nn.Module:
     """Post-training quantization, simulated: a copy of ``model`` whose Linear and Conv2d weights
-    are replaced by their ``bits``-bit per-channel values (float32 tensors holding exactly the
-    values the integer codes stand for)."""
+    are replaced by their ``bits``-bit values, per output channel (``axis=0``) or per layer
+    (float32 tensors holding exactly the values the integer codes stand for)."""
     model = copy.deepcopy(model)
     with torch.no_grad():
         for layer in _layers(model):
-            layer.weight.copy_(dequantize(*quantize(layer.weight, bits, scheme, axis=0), axis=0))
+            layer.weight.copy_(dequantize(*quantize(layer.weight, bits, scheme, axis), axis=axis))
     return model
 
 
