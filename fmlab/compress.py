@@ -40,7 +40,7 @@ SIZES = {
         "qat_bits": [8, 4, 2], "qat_epochs": 2, "qat_lr": 5e-4,
         "student_hidden": 40, "student_epochs": 25, "T": 8.0, "alpha": 0.9,
         "combo_sparsity": 0.75, "combo_epochs": 5,
-        "latency_batches": [1, 256], "latency_repeats": 9, "threads": 1,
+        "latency_batches": [1, 256], "latency_repeats": 15, "threads": 1,
     },
     "full": {  # full MNIST on a GPU: a ResNet teacher, longer training and retraining
         "cnn": "twoconv", "teacher": "resnet", "teacher_widths": [48, 96, 192],
@@ -133,7 +133,8 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modul
         layer = layers[name]
         mask = mask.to(layer.weight.device, layer.weight.dtype)
         if tuple(mask.shape) != tuple(layer.weight.shape):
-            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, weight {tuple(layer.weight.shape)}")
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, "
+                             f"its weight {tuple(layer.weight.shape)}")
         existing = [p for p in layer.parametrizations.weight if isinstance(p, Mask)] \
             if parametrize.is_parametrized(layer, "weight") else []
         if existing:
@@ -214,6 +215,7 @@ def prune_filters(model: nn.Module, amount: float, example: torch.Tensor) -> nn.
     """
     if not 0.0 <= amount < 1.0:
         raise ValueError(f"amount must be in [0, 1), got {amount}")
+    was_training = model.training
     model = make_permanent(copy.deepcopy(model)).eval()
     leaves = _leaves(model)
     if not _is_chain(model, leaves, example):
@@ -269,7 +271,7 @@ def prune_filters(model: nn.Module, amount: float, example: torch.Tensor) -> nn.
                 _set(model, nxt_name, lin)
                 leaves[j] = (nxt_name, lin)
                 break
-    return model
+    return model.train(was_training)  # new layers take the mode of the model given
 
 
 # ---------------------------------------------------------------------------------------------

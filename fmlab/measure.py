@@ -89,7 +89,8 @@ def unpack_state(packed: Mapping) -> dict[str, torch.Tensor]:
             full[nonzero] = values
             values = full
         if "scale" in entry:
-            values = dequantize(values, entry["scale"], torch.zeros_like(entry["scale"], dtype=torch.int64), axis=0)
+            zero = torch.zeros_like(entry["scale"], dtype=torch.int64)  # symmetric codes
+            values = dequantize(values, entry["scale"], zero, axis=0)
         state[key] = values.reshape(shape).float()
     return state
 
@@ -116,29 +117,34 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
 
 
 def median_latency(models: Mapping[str, nn.Module], x: torch.Tensor, repeats: int = 9,
-                   threads: int = 1, min_time: float = 0.02) -> dict[str, float]:
+                   threads: int = 1, min_time: float = 0.05, warmup: int = 3) -> dict[str, float]:
     """Median seconds per forward pass of each model on ``x`` (CPU, ``threads`` threads).
 
-    The models take turns within each repeat (in a rotating order) after one warm-up round, so
-    a busy moment of the machine hits all of them alike; each timing runs enough calls to last
-    at least ``min_time`` seconds. Report ratios between models of the same call, not seconds.
+    After ``warmup`` calls each, the models take turns within every repeat (in a rotating
+    order), so a busy moment of the machine hits all of them alike; each timing repeats a
+    model's call often enough to last about ``min_time`` seconds. Compare models by the ratio
+    of their medians from the same call, not by seconds.
     """
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     names = list(models)
     try:
         with torch.inference_mode():
-            t0 = time.perf_counter()
-            for m in models.values():
-                m(x)  # warm-up
-            calls = max(1, int(min_time / max((time.perf_counter() - t0) / len(names), 1e-6)))
+            calls = {}
+            for name, model in models.items():
+                for _ in range(warmup):
+                    model(x)
+                t0 = time.perf_counter()
+                model(x)
+                calls[name] = max(1, round(min_time / max(time.perf_counter() - t0, 1e-7)))
             times: dict[str, list[float]] = {n: [] for n in names}
             for r in range(repeats):
                 for name in names[r % len(names):] + names[:r % len(names)]:
+                    model, n = models[name], calls[name]
                     t0 = time.perf_counter()
-                    for _ in range(calls):
-                        models[name](x)
-                    times[name].append((time.perf_counter() - t0) / calls)
+                    for _ in range(n):
+                        model(x)
+                    times[name].append((time.perf_counter() - t0) / n)
     finally:
         torch.set_num_threads(saved)
     return {n: statistics.median(t) for n, t in times.items()}

@@ -4,7 +4,6 @@ F.kl_div, autograd, torch-pruning and torch.utils.flop_counter."""
 from __future__ import annotations
 
 import copy
-import warnings
 
 import pytest
 import torch
@@ -15,7 +14,8 @@ from torch import nn
 from fmlab import compress as C
 from fmlab import models
 
-warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated")
+# PyTorch's own quantized tensors are deprecated, and still the oracle at 8 bits
+pytestmark = pytest.mark.filterwarnings("ignore:.*quantize_per_tensor.*deprecated")
 
 
 def _model(cls, seed=0):
@@ -140,6 +140,24 @@ def test_prune_filters_equals_torch_pruning_and_really_shrinks(cls, amount):
     convs = [m for m in ours.modules() if isinstance(m, nn.Conv2d)]
     assert all(m.out_channels < m0.out_channels for m, m0 in
                zip(convs, [m for m in dense.modules() if isinstance(m, nn.Conv2d)]))
+
+
+def test_prune_filters_slices_batch_norm_like_torch_pruning():
+    torch.manual_seed(0)
+    chain = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Conv2d(8, 12, 3, bias=False), nn.BatchNorm2d(12),
+                          nn.ReLU(), nn.Flatten(), nn.Dropout(0.1), nn.Linear(12 * 12 * 12, 10))
+    for bn in (chain[1], chain[5]):  # non-trivial running statistics
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    chain.eval()
+    example = torch.rand(2, 1, 28, 28)
+    ours = C.prune_filters(chain, 0.5, example)
+    theirs = _torch_pruning(copy.deepcopy(chain), 0.5, example).eval()
+    for (k, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        assert a.shape == b.shape and torch.equal(a, b), k
+    assert torch.allclose(ours(example), theirs(example), atol=1e-6)
+    assert ours[5].num_features == 6 and ours[9].in_features == 6 * 12 * 12
 
 
 def test_prune_filters_keeps_the_largest_filters_and_refuses_branches():
