@@ -90,6 +90,8 @@ def test_masked_weights_stay_zero_while_training():
     from fmlab import data, train
     model = _model(models.LeNet300100)
     masks = C.magnitude_prune(model, 0.8)
+    assert all(torch.equal(masks[k], v) for k, v in C.masks_of(model).items())
+    assert set(C.masks_of(model)) == set(masks)
     train.fit(model, data.load("mnist", "train").subset(256), epochs=1, batch_size=64,
               lr=1e-2, progress=False, device="cpu")
     for name, m in C.prunable(model).items():
