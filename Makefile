@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # The exact versions CI tests with; pyproject.toml keeps open ranges for Colab.
-PINS   := torch==2.14.1 torchvision==0.29.1
+PINS   := torch==2.14.1 torchvision==0.29.1 torchao==0.18.0
 
 .PHONY: book test install bench clean
 
