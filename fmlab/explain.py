@@ -33,7 +33,7 @@ from .adversarial import eval_mode
 SIZES = {
     "quick": {"n_train": 2000, "n_test": 1000, "epochs": 5, "batch_size": 32, "lr": 3e-3,
               "seeds": [0, 1, 2], "n_eval": 200, "n_curve": 64, "curve_steps": 16,
-              "n_shortcut": 64, "n_sanity": 24, "ig_steps": 32, "sg_samples": 16,
+              "n_shortcut": 32, "n_sanity": 24, "ig_steps": 32, "sg_samples": 16,
               "occ_window": 4, "occ_stride": 4, "shuffled_n": 500, "shuffled_epochs": 15,
               "gap_steps": [2, 4, 8, 16, 32, 64, 128], "gap_n": 8, "am_steps": 200},
     "full": {"n_train": 20000, "n_test": 5000, "epochs": 10, "batch_size": 64, "lr": 2e-3,
@@ -144,7 +144,8 @@ def input_x_gradient(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
 
 def smoothgrad(model: nn.Module, x: torch.Tensor, target, samples: int = 25,
                stdev: float = 0.15, abs: bool = True,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, batch_size: int = 256
+               ) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): saliency averaged over ``samples`` noisy copies
     ``x + ε``, ``ε ~ N(0, stdev²)``: ``(1/n) Σ_i |∂f_c/∂x (x + ε_i)|`` (``abs=False``: the
     mean of the signed gradients).
@@ -152,7 +153,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target, samples: int = 25,
     The noise for image b, sample i is row ``b * samples + i`` of one draw
     ``torch.normal(0, stdev)`` of shape (B·samples, C, H, W), from ``generator`` (on its
     device) or from torch's global generator: the draw captum's ``NoiseTunnel`` makes, so a
-    seeded run of both gives the same noise.
+    seeded run of both gives the same noise. Gradients are taken ``batch_size`` rows at a time.
     """
     _check(x)
     if samples < 1:
@@ -163,7 +164,8 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target, samples: int = 25,
     noise = torch.normal(0.0, std, generator=generator).to(x.device, x.dtype)
     noisy = x.detach().repeat_interleave(samples, 0) + noise  # (B*samples, C, H, W)
     t = _targets(target, b, x.device).repeat_interleave(samples)
-    grads = saliency(model, noisy, t, abs=abs)
+    grads = torch.cat([saliency(model, noisy[i:i + batch_size], t[i:i + batch_size], abs=abs)
+                       for i in range(0, len(noisy), batch_size)])
     return grads.view(b, samples, *x.shape[1:]).mean(1)
 
 
@@ -209,15 +211,17 @@ class IGResult(NamedTuple):
 
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target,
                          baseline: torch.Tensor | float | None = None, steps: int = 50,
-                         rule: str = "gausslegendre", batch_size: int = 1024) -> IGResult:
+                         rule: str = "gausslegendre", batch_size: int = 256) -> IGResult:
     """Integrated gradients (Sundararajan et al. 2017) along the straight path from the
     baseline ``x′`` (default: black, all zeros) to ``x``::
 
-        IG_i = (x_i − x′_i) · ∫₀¹ ∂f_c/∂x_i (x′ + α (x − x′)) dα ≈ (x_i − x′_i) Σ_k w_k g_i(α_k)
+        IG_i = (x_i − x′_i) · ∫₀¹ ∂f_c/∂x_i (x′ + α (x − x′)) dα
+             ≈ (x_i − x′_i) · Σ_k w_k ∂f_c/∂x_i (x′ + α_k (x − x′))
 
     with the quadrature ``rule`` of :func:`quadrature`. Completeness says
     ``Σ_i IG_i = f_c(x) − f_c(x′)``; the returned ``gap`` measures how far the sum is from it.
-    ``batch_size`` bounds how many path points go through the model at once.
+    ``batch_size`` bounds how many images go through the model at once (small batches are
+    faster on a CPU: large ones spend their time allocating memory).
     """
     _check(x)
     x = x.detach()
@@ -289,7 +293,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target, layer: str | nn.Module,
 
 
 def occlusion(model: nn.Module, x: torch.Tensor, target, window: int = 4, stride: int = 2,
-              baseline: float = 0.0, batch_size: int = 1024) -> torch.Tensor:
+              baseline: float = 0.0, batch_size: int = 256) -> torch.Tensor:
     """Occlusion (Zeiler and Fergus 2014): slide a ``window``×``window`` patch of value
     ``baseline`` over all channels, with step ``stride``; each pixel's attribution is the mean
     drop ``f_c(x) − f_c(x with the patch)`` over the patches that cover it.
@@ -318,7 +322,8 @@ def occlusion(model: nn.Module, x: torch.Tensor, target, window: int = 4, stride
         for start in range(0, len(masks), per):
             m = masks[start:start + per, None, None]  # (k, 1, 1, H, W)
             occluded = x * (1 - m) + baseline * m  # (k, B, C, H, W)
-            drop = full.repeat(len(m)) - target_logit(model, occluded.flatten(0, 1), t.repeat(len(m)))
+            scores = target_logit(model, occluded.flatten(0, 1), t.repeat(len(m)))
+            drop = full.repeat(len(m)) - scores
             total += (drop.view(len(m), b, 1, 1) * m[:, :, 0]).sum(0)
     counts = masks.sum(0)  # (H, W): how many patches cover each pixel
     return (total / counts).unsqueeze(1).expand(b, c, h, w).clone()

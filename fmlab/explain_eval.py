@@ -26,7 +26,8 @@ def importance_map(attributions: torch.Tensor) -> torch.Tensor:
     """``Σ_c |a_c|``: (B, C, H, W) attributions to a (B, H, W) map of importance, whatever
     the sign (a pixel that lowers the score matters too)."""
     if attributions.dim() != 4:
-        raise ValueError(f"expected (B, C, H, W) attributions, got shape {tuple(attributions.shape)}")
+        raise ValueError("expected (B, C, H, W) attributions, got shape "
+                         f"{tuple(attributions.shape)}")
     return attributions.detach().abs().sum(1)
 
 

@@ -119,13 +119,17 @@ def _normalised(heat: torch.Tensor, percentile: float = 99.0):
 
 
 def overlay(ax, image: torch.Tensor, heat: torch.Tensor | None = None,
-            mask: torch.Tensor | None = None, alpha: float = 0.6, cmap: str = "inferno",
+            mask: torch.Tensor | None = None, alpha: float = 0.85, cmap: str = "inferno",
             title: str | None = None):
     """Draw ``image`` (C, H, W) on ``ax``, a (H, W) map ``heat`` over it (scaled as
-    :func:`_normalised`, transparent where it is 0), and ``mask``'s outline in cyan."""
+    :func:`_normalised`, transparent where it is 0), and ``mask``'s outline in cyan. Under a
+    map the image is shown in dimmed grey, so that the map's colours stand out."""
     img, gray = _as_image(image)
-    ax.imshow(img, cmap=gray, vmin=0, vmax=1)
-    if heat is not None:
+    if heat is None:
+        ax.imshow(img, cmap=gray, vmin=0, vmax=1)
+    else:
+        grey = img.mean(-1) if img.ndim == 3 else img
+        ax.imshow(grey, cmap="gray", vmin=-0.3, vmax=1.6)
         h = _normalised(heat)
         ax.imshow(h, cmap=cmap, alpha=alpha * h, vmin=0, vmax=1)
     if mask is not None:
