@@ -93,3 +93,60 @@ def confusion(cm: torch.Tensor, classes: Sequence[str], title: str = "confusion 
                         va="center", fontsize=7, color="white" if value > top / 2 else "black")
     fig.tight_layout()
     return fig
+
+
+# --- attribution overlays (book/06_explanation.ipynb) ------------------------------------------
+
+def _normalised(heat: torch.Tensor, percentile: float = 99.0):
+    """A (H, W) map scaled to [0, 1] by its ``percentile``-th percentile (gradient maps are
+    spiky: a few pixels would otherwise wash out the rest), negative values set to 0."""
+    heat = heat.detach().float().cpu().clamp_min(0)
+    top = torch.quantile(heat.flatten(), percentile / 100).item()
+    return (heat / top).clamp(0, 1).numpy() if top > 0 else heat.numpy()
+
+
+def overlay(ax, image: torch.Tensor, heat: torch.Tensor | None = None,
+            mask: torch.Tensor | None = None, alpha: float = 0.85, cmap: str = "inferno",
+            title: str | None = None):
+    """Draw ``image`` (C, H, W) on ``ax``, a (H, W) map ``heat`` over it (scaled as
+    :func:`_normalised`, transparent where it is 0), and ``mask``'s outline in cyan. Under a
+    map the image is shown in dimmed grey, so that the map's colours stand out."""
+    img, gray = _as_image(image)
+    if heat is None:
+        ax.imshow(img, cmap=gray, vmin=0, vmax=1)
+    else:
+        grey = img.mean(-1) if img.ndim == 3 else img
+        ax.imshow(grey, cmap="gray", vmin=-0.3, vmax=1.6)
+        h = _normalised(heat)
+        ax.imshow(h, cmap=cmap, alpha=alpha * h, vmin=0, vmax=1)
+    if mask is not None:
+        ax.contour(mask.detach().float().cpu().numpy(), levels=[0.5], colors="cyan",
+                   linewidths=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+    return ax
+
+
+def attribution_grid(images: torch.Tensor, maps: dict, masks: torch.Tensor | None = None,
+                     row_titles: Sequence[str] | None = None, size: float = 1.35,
+                     title: str | None = None):
+    """One row per image: the image, then each ``maps[name]`` ((B, H, W)) overlaid on it,
+    with the object's outline when ``masks`` (B, H, W) is given."""
+    n, names = len(images), list(maps)
+    if n == 0:
+        raise ValueError("no images to show")
+    fig, axes = plt.subplots(n, len(names) + 1, figsize=(size * (len(names) + 1), size * n + 0.4),
+                             squeeze=False)
+    for i in range(n):
+        m = masks[i] if masks is not None else None
+        overlay(axes[i, 0], images[i], mask=m, title="input" if i == 0 else None)
+        if row_titles is not None:
+            axes[i, 0].set_ylabel(row_titles[i], fontsize=8)
+        for j, name in enumerate(names):
+            overlay(axes[i, j + 1], images[i], maps[name][i], m, title=name if i == 0 else None)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
