@@ -78,8 +78,12 @@ def few_shot(data: fdata.Dataset, k: int | None, seed: int, val_fraction: float 
         n_val = 0 if len(idx) < 2 or val_fraction <= 0 else max(1, round(val_fraction * len(idx)))
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
-    pick = lambda parts: (lambda i: fdata.Dataset(data.x[i], data.y[i], data.classes, data.name))(
-        torch.cat(parts)[torch.randperm(sum(map(len, parts)), generator=g)])
+
+    def pick(parts: list[torch.Tensor]) -> fdata.Dataset:
+        i = torch.cat(parts)
+        i = i[torch.randperm(len(i), generator=g)]  # classes mixed, not in blocks
+        return fdata.Dataset(data.x[i], data.y[i], data.classes, data.name)
+
     val = pick(val_idx) if sum(map(len, val_idx)) else None
     return pick(train_idx), val
 
