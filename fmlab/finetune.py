@@ -283,8 +283,8 @@ def adapt(method: str, source: ViT, train: fdata.Dataset, val: fdata.Dataset | N
     else:
         history = fit(model, train, val, **fit_kw)
     model.eval()
-    return Adapted(method, model, count_trainable(model), sum(p.numel() for p in model.parameters()),
-                   history)
+    total = sum(p.numel() for p in model.parameters())
+    return Adapted(method, model, count_trainable(model), total, history)
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def split_classes(data: fdata.Dataset, classes) -> fdata.Dataset:
     relabel = torch.full((int(data.y.max()) + 1,), -1, dtype=torch.int64)
     relabel[torch.tensor(classes)] = torch.arange(len(classes))
     return fdata.Dataset(data.x[keep], relabel[data.y[keep]],
-                         [data.classes[c] for c in classes], f"{data.name}[{classes[0]}-{classes[-1]}]")
+                         [data.classes[c] for c in classes],
+                         f"{data.name}[{classes[0]}-{classes[-1]}]")
 
 
 def source_task(split: str, mnist: str = "auto") -> fdata.Dataset:
@@ -115,7 +117,8 @@ class MaskedAutoencoder(nn.Module):
         full = torch.cat([encoded[:, :1], full], 1) + self.decoder_pos
         pred = self.predict(self.decoder_norm(self.decoder(full)))[:, 1:]  # (B, N, C*p*p)
         target = self.patchify(x)
-        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()  # each patch normalised
         hidden = torch.ones(b, n, device=x.device).scatter_(1, keep, 0.0)  # 1 where hidden
         per_patch = ((pred - target) ** 2).mean(-1)  # (B, N)
         return (per_patch * hidden).sum() / hidden.sum()
@@ -147,6 +150,7 @@ def train_mae(model: ViT, train: fdata.Dataset, sizes: dict, seed: int = 0) -> l
 # --- the cache ------------------------------------------------------------------------------
 
 KINDS = ("supervised", "mae")
+_BUILDING = threading.Lock()  # two threads that both miss the cache train it once, not twice
 
 
 def _settings(kind: str, sizes: dict, train: fdata.Dataset, seed: int) -> dict:
@@ -189,13 +193,18 @@ def pretrained(kind: str = "supervised", sizes: dict | None = None, seed: int = 
     """The source ViT pre-trained on MNIST digits 0–4, from the cache or trained now.
 
     ``kind`` is ``"supervised"`` or ``"mae"``; ``sizes`` defaults to this profile's entry of
-    :data:`SIZES`; ``mnist`` chooses the images as in :func:`source_task`. A missing or corrupt cache (or ``rebuild=True``) is rebuilt, and a one-line
-    notice says so. The model comes back in eval mode, on the CPU; its ``pretraining`` dict
-    says where it came from (``"cache"`` or ``"trained"``) and how long it took to train.
+    :data:`SIZES`; ``mnist`` chooses the images as in :func:`source_task`. A missing or corrupt
+    cache (or ``rebuild=True``) is rebuilt, and a one-line notice says so. The model comes back
+    in eval mode, on the CPU; its ``pretraining`` dict says where it came from (``"cache"`` or
+    ``"trained"``) and how long it took to train.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown kind of pre-training {kind!r}; choose one of {KINDS}")
-    sizes = sizes or profile().pick(SIZES)
+    with _BUILDING:
+        return _pretrained(kind, sizes or profile().pick(SIZES), seed, rebuild, mnist)
+
+
+def _pretrained(kind: str, sizes: dict, seed: int, rebuild: bool, mnist: str) -> ViT:
     train = source_task("train", mnist)
     settings = _settings(kind, sizes, train, seed)
     path = cache_path(kind, settings)
