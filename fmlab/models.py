@@ -4,7 +4,10 @@ Explained in book/01_training_cnn.ipynb.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -123,8 +126,134 @@ class SmallResNet(nn.Module):
         return self.head(self.features(x))  # (B, C, h, w) -> (B, C) -> (B, classes)
 
 
+# --- A small Vision Transformer (book/07_finetuning.ipynb) -----------------------------------
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              return_weights: bool = False):
+    """Scaled dot-product attention, written out (Vaswani et al. 2017, Eq. 1):
+    softmax(q kᵀ / √d + M) v, with q (…, T, d), k (…, S, d), v (…, S, d_v).
+
+    ``mask``, broadcastable to (…, T, S), follows ``F.scaled_dot_product_attention``: a boolean
+    mask is True where a query may attend (False entries get −∞ before the softmax); a float
+    mask is added to the scores. With ``return_weights`` the (…, T, S) weights come back too.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (…, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    weights = scores.softmax(dim=-1)  # each row sums to 1 over the keys
+    out = weights @ v  # (…, T, d_v)
+    return (out, weights) if return_weights else out
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention: one fused ``qkv`` projection, ``heads`` heads of size
+    dim/heads, an output projection ``proj``. ``fused=False`` runs :func:`attention` (written
+    out) instead of ``F.scaled_dot_product_attention``; both give the same result."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.fused = True
+        self.weights: torch.Tensor | None = None  # the last attention weights when fused=False
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, d = x.shape  # (B, T, D)
+        qkv = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, H, T, D/H)
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            out, self.weights = attention(q, k, v, mask, return_weights=True)
+        return self.proj(out.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x)), GELU in the MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """A small Vision Transformer (Dosovitskiy et al. 2021): non-overlapping patches embedded
+    linearly, a class token, learned position embeddings, ``depth`` pre-norm blocks, a final
+    LayerNorm, and a linear head on the class token.
+
+    The pieces are separate methods so that fine-tuning can reach in: :meth:`embed` gives the
+    tokens (B, 1 + N, D) with positions added, :meth:`encode` runs the blocks and the final
+    norm, :meth:`features` is the class token's output (B, D). ``patch_size`` defaults to a
+    quarter of the image side (a 4×4 grid of patches).
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28,
+                 patch_size: int | None = None, dim: int = 32, depth: int = 3, heads: int = 4,
+                 mlp_ratio: float = 2.0):
+        super().__init__()
+        patch_size = patch_size or max(image_size // 4, 1)
+        if image_size % patch_size:
+            raise ValueError(f"patch_size={patch_size} does not divide image_size={image_size}; "
+                             "pick a divisor (or resize the images)")
+        self.config = dict(in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+                           patch_size=patch_size, dim=dim, depth=depth, heads=heads,
+                           mlp_ratio=mlp_ratio)
+        self.patch_size = patch_size
+        self.num_patches = (image_size // patch_size) ** 2
+        # A convolution with kernel = stride = patch is a linear map of each flattened patch.
+        self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, dim))
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        patches = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        cls = self.cls_token.expand(len(x), -1, -1)  # (B, 1, D)
+        return torch.cat([cls, patches], dim=1) + self.pos_embed  # (B, 1 + N, D)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.norm(tokens)  # (B, T, D)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(self.embed(x))[:, 0]  # the class token, (B, D)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (B, classes)
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention weights of every block, (depth, B, heads, T, T), from the written-out
+        :func:`attention` (the fused kernel does not return them)."""
+        attns = [b.attn for b in self.blocks]
+        try:
+            for a in attns:
+                a.fused = False
+            self.features(x)
+            return torch.stack([a.weights for a in attns])
+        finally:
+            for a in attns:
+                a.fused, a.weights = True, None
+
+
 MODELS = {"seedcnn": SeedCNN, "twoconv": TwoConvNet, "lenet5": LeNet5,
-          "lenet300100": LeNet300100, "resnet": SmallResNet}
+          "lenet300100": LeNet300100, "resnet": SmallResNet, "vit": ViT}
 
 
 def build(name: str, **kwargs) -> nn.Module:
