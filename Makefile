@@ -32,9 +32,9 @@ sync-install-cells: install
 	$(PY) tools/course_home.py
 	$(PY) -m fmlab assign labs --out labs/student --no-prove
 
-# Refresh the widget scripts the site serves locally (book/_vendor/README.txt).
+# Refresh the widget scripts the site serves locally (book/_assets/README.txt).
 vendor:
-	cd book/_vendor && tmp=$$(mktemp -d) && mkdir $$tmp/w $$tmp/r && \
+	cd book/_assets && tmp=$$(mktemp -d) && mkdir $$tmp/w $$tmp/r && \
 	npm pack --silent --pack-destination $$tmp @jupyter-widgets/html-manager@1.0.15 requirejs@2.3.8 && \
 	tar xzf $$tmp/jupyter-widgets-html-manager-1.0.15.tgz -C $$tmp/w && \
 	tar xzf $$tmp/requirejs-2.3.8.tgz -C $$tmp/r && \

@@ -35,7 +35,7 @@ def toc_part(caption: str) -> list[str]:
 CHAPTERS = toc_part("Chapters")
 LABS = toc_part("Labs")
 BUNDLED_WIDGETS = {"@jupyter-widgets/base", "@jupyter-widgets/controls",
-                   "@jupyter-widgets/output"}  # what book/_vendor/embed-amd.js holds
+                   "@jupyter-widgets/output"}  # what book/_assets/embed-amd.js holds
 
 
 def copy_sources(dest: Path) -> None:
@@ -47,7 +47,7 @@ def copy_sources(dest: Path) -> None:
 
 
 def build(src: Path, out: Path, config: dict) -> tuple[int, str]:
-    (src / "_config.yml").write_text(yaml.safe_dump(config))
+    (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     run = subprocess.run([str(JB), "build", str(src), "-W", "-n", "--keep-going",
                           "--path-output", str(out)], capture_output=True, text=True)
     return run.returncode, run.stdout + run.stderr
@@ -163,7 +163,7 @@ def test_no_page_loads_anything_from_the_network(site):
     # Math is rendered by a local MathJax, and no page points MathJax at a CDN.
     assert (site / "_static" / "mathjax" / "tex-chtml.js").is_file()
     assert not [p for p in site.rglob("*.html") if "cdn.jsdelivr.net/npm/mathjax" in p.read_text()]
-    # The widget scripts are served from _static (book/_vendor/ in the sources).
+    # The widget scripts are served from _static (book/_assets/ in the sources).
     for name in CONFIG["sphinx"]["config"]["nb_ipywidgets_js"]:
         assert not is_external(name) and (site / "_static" / name).is_file(), name
 
@@ -259,7 +259,7 @@ def test_results_and_widgets_in_an_executed_build(tmp_path):
     pastes recorded numbers from another notebook, and widgets use the local scripts."""
     src = tmp_path / "src"
     (src / "book").mkdir(parents=True)
-    shutil.copytree(ROOT / "book" / "_vendor", src / "book" / "_vendor")
+    shutil.copytree(ROOT / "book" / "_assets", src / "book" / "_assets")
     shutil.copy(ROOT / "book" / "references.bib", src / "book")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Demo")] + [
         nbformat.v4.new_code_cell(s) for s in DEMO_CHAPTER])
@@ -286,6 +286,8 @@ def test_results_and_widgets_in_an_executed_build(tmp_path):
     for name in CONFIG["sphinx"]["config"]["nb_ipywidgets_js"]:
         assert f"../_static/{name}" in scripts, (name, scripts)
         assert (html / "_static" / name).is_file()
+    # embed-amd.js is an AMD module: without require.js before it, no widget shows
+    assert scripts.index("../_static/require.js") < scripts.index("../_static/embed-amd.js")
     assert not [u for u in chapter.loads if is_external(u)], chapter.loads
     state = re.search(r'<script type="application/vnd.jupyter.widget-state\+json">(.*?)</script>',
                       (html / "book" / "01_demo.html").read_text(), re.S)
