@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # The exact versions CI tests with; pyproject.toml keeps open ranges for Colab.
 PINS   := torch==2.14.1 torchvision==0.29.1 torchao==0.18.0
 
-.PHONY: book test install bench clean
+.PHONY: book test install bench clean students sync-install-cells vendor
 
 install: $(VENV)/.installed
 
@@ -16,10 +16,30 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet $(PINS) -e ".[book,test]"
 	touch $@
 
+# The lab pages show the committed student notebooks in labs/student/ (their Colab buttons open
+# them). The build first checks that they and every install cell are current (it rewrites
+# nothing); `make students` or `make sync-install-cells` rewrites them.
 book: install
-	$(PY) -m fmlab assign labs --out book/labs --no-prove
+	$(PY) tools/course_home.py --check
 	FMLAB_PROFILE=quick $(VENV)/bin/jupyter-book build . -W -n --keep-going
 	@echo "The website is in _build/html/index.html"
+
+students: install
+	$(PY) -m fmlab assign labs --out labs/student --no-prove
+
+# After changing repository: in _config.yml (a fork's one change), rewrite every install cell.
+sync-install-cells: install
+	$(PY) tools/course_home.py
+	$(PY) -m fmlab assign labs --out labs/student --no-prove
+
+# Refresh the widget scripts the site serves locally (book/_assets/README.txt).
+vendor:
+	cd book/_assets && tmp=$$(mktemp -d) && mkdir $$tmp/w $$tmp/r && \
+	npm pack --silent --pack-destination $$tmp @jupyter-widgets/html-manager@1.0.15 requirejs@2.3.8 && \
+	tar xzf $$tmp/jupyter-widgets-html-manager-1.0.15.tgz -C $$tmp/w && \
+	tar xzf $$tmp/requirejs-2.3.8.tgz -C $$tmp/r && \
+	cp $$tmp/w/package/dist/embed-amd.js $$tmp/r/package/require.js . && \
+	cp $$tmp/w/package/dist/embed.js.LICENSE.txt embed-amd.js.LICENSE.txt && rm -rf $$tmp
 
 # Two workers, one thread each (tests/conftest.py limits torch, nbval's kernels and the tests'
 # subprocesses to one thread under xdist); --dist loadfile keeps each file, and so each
@@ -32,4 +52,4 @@ bench: install
 	FMLAB_PROFILE=quick $(PY) -m fmlab bench train
 
 clean:
-	rm -rf _build book/labs
+	rm -rf _build

@@ -1,18 +1,40 @@
-"""Headline numbers a chapter hands to the book's results page.
+"""Headline numbers a chapter hands to the book's results page (book/results.md).
 
 ``record("compress_int8_accuracy", acc)`` stores a measured value under a name with myst-nb's
 ``glue`` (without showing it), so the results page quotes the number the chapter's own run
 produced and nothing is typed twice. Where myst-nb is not installed (Colab), it does nothing.
 The value is returned, so a cell can record and use it in one line.
+
+The page pastes it with ``{glue:text}`05_compression.ipynb::compress_int8_accuracy:.1%```; a
+format spec like ``.1%`` needs a plain number, so one-element tensors and NumPy scalars are
+stored as the Python number they hold.
 """
 from __future__ import annotations
+
+import re
+
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def plain(value):
+    """A one-element tensor or NumPy scalar as a Python number; anything else unchanged."""
+    item = getattr(value, "item", None)
+    if isinstance(value, (str, bytes)) or not callable(item):
+        return value
+    try:
+        return item()  # torch and NumPy raise for more than one element
+    except (ValueError, RuntimeError):
+        return value
 
 
 def record(name: str, value):
     """Glue ``value`` under ``name`` for the book (a no-op without myst-nb); return ``value``."""
+    if not isinstance(name, str) or not NAME.match(name):
+        raise ValueError(f"result names are lowercase letters, digits and '_', starting with "
+                         f"the chapter's short name (e.g. 'compress_int8_accuracy'), got {name!r}")
     try:
         from myst_nb import glue
     except ImportError:
         return value
-    glue(name, value, display=False)
+    glue(name, plain(value), display=False)
     return value
