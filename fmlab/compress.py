@@ -234,44 +234,56 @@ def prune_filters(model: nn.Module, amount: float, example: torch.Tensor) -> nn.
             norms = conv.weight.detach().abs().sum(dim=(1, 2, 3))  # (C_out,)
             chosen[name] = torch.sort(torch.topk(norms, n_keep).indices).values
     for i, (name, conv) in enumerate(leaves):
-        if name not in chosen:
-            continue
-        channels, keep = conv.out_channels, chosen[name]
-        n_keep = len(keep)
-        new = nn.Conv2d(conv.in_channels, n_keep, conv.kernel_size, conv.stride, conv.padding,
-                        conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
-        new.weight.data = conv.weight.data[keep].clone()
-        if conv.bias is not None:
-            new.bias.data = conv.bias.data[keep].clone()
-        _set(model, name, new)
-        leaves[i] = (name, new)
-        for j in range(i + 1, len(leaves)):  # the next layer that reads these channels
-            nxt_name, nxt = leaves[j]
-            if isinstance(nxt, nn.BatchNorm2d):
-                bn = nn.BatchNorm2d(n_keep, nxt.eps, nxt.momentum, nxt.affine, nxt.track_running_stats)
-                for attr in ("weight", "bias", "running_mean", "running_var"):
-                    if getattr(nxt, attr) is not None:
-                        getattr(bn, attr).data = getattr(nxt, attr).data[keep].clone()
-                _set(model, nxt_name, bn)
-                leaves[j] = (nxt_name, bn)
-            elif isinstance(nxt, nn.Conv2d):
-                nxt.weight.data = nxt.weight.data[:, keep].clone()
-                nxt.in_channels = n_keep
-                break
-            elif isinstance(nxt, nn.Linear):
-                flat = [k for k in range(i + 1, j) if isinstance(leaves[k][1], nn.Flatten)]
-                c, hh, ww = shapes[flat[-1]][1:] if flat and len(shapes[flat[-1]]) == 4 else (0, 1, 1)
-                if c != channels:
-                    raise ValueError(f"cannot tell which inputs of {nxt_name!r} come from {name!r}")
-                cols = (keep[:, None] * hh * ww + torch.arange(hh * ww)).flatten()  # channel-major
-                lin = nn.Linear(n_keep * hh * ww, nxt.out_features, bias=nxt.bias is not None)
-                lin.weight.data = nxt.weight.data[:, cols].clone()
-                if nxt.bias is not None:
-                    lin.bias.data = nxt.bias.data.clone()
-                _set(model, nxt_name, lin)
-                leaves[j] = (nxt_name, lin)
-                break
+        if name in chosen:
+            new = _conv_keeping(conv, chosen[name])
+            _set(model, name, new)
+            leaves[i] = (name, new)
+            _shrink_inputs_after(model, leaves, i, chosen[name], conv.out_channels, shapes)
     return model.train(was_training)  # new layers take the mode of the model given
+
+
+def _conv_keeping(conv: nn.Conv2d, keep: torch.Tensor) -> nn.Conv2d:
+    """A copy of ``conv`` with only the output filters ``keep``."""
+    new = nn.Conv2d(conv.in_channels, len(keep), conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    new.weight.data = conv.weight.data[keep].clone()
+    if conv.bias is not None:
+        new.bias.data = conv.bias.data[keep].clone()
+    return new
+
+
+def _shrink_inputs_after(model: nn.Module, leaves: list, i: int, keep: torch.Tensor,
+                         channels: int, shapes: list) -> None:
+    """Make the layers after ``leaves[i]`` read only its kept channels ``keep`` (of
+    ``channels``): BatchNorm2d layers on the way shrink, and the next Conv2d or Linear (after a
+    Flatten) loses the matching inputs. ``shapes[k]`` is the input shape of ``leaves[k]``."""
+    name, n_keep = leaves[i][0], len(keep)
+    for j in range(i + 1, len(leaves)):
+        nxt_name, nxt = leaves[j]
+        if isinstance(nxt, nn.BatchNorm2d):
+            bn = nn.BatchNorm2d(n_keep, nxt.eps, nxt.momentum, nxt.affine, nxt.track_running_stats)
+            for attr in ("weight", "bias", "running_mean", "running_var"):
+                if getattr(nxt, attr) is not None:
+                    getattr(bn, attr).data = getattr(nxt, attr).data[keep].clone()
+            _set(model, nxt_name, bn)
+            leaves[j] = (nxt_name, bn)
+        elif isinstance(nxt, nn.Conv2d):
+            nxt.weight.data = nxt.weight.data[:, keep].clone()
+            nxt.in_channels = n_keep
+            return
+        elif isinstance(nxt, nn.Linear):
+            flat = [k for k in range(i + 1, j) if isinstance(leaves[k][1], nn.Flatten)]
+            c, hh, ww = shapes[flat[-1]][1:] if flat and len(shapes[flat[-1]]) == 4 else (0, 1, 1)
+            if c != channels:
+                raise ValueError(f"cannot tell which inputs of {nxt_name!r} come from {name!r}")
+            cols = (keep[:, None] * hh * ww + torch.arange(hh * ww)).flatten()  # channel-major
+            lin = nn.Linear(n_keep * hh * ww, nxt.out_features, bias=nxt.bias is not None)
+            lin.weight.data = nxt.weight.data[:, cols].clone()
+            if nxt.bias is not None:
+                lin.bias.data = nxt.bias.data.clone()
+            _set(model, nxt_name, lin)
+            leaves[j] = (nxt_name, lin)
+            return
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,3 +38,17 @@ def record(name: str, value):
         return value
     glue(name, plain(value), display=False)
     return value
+
+
+GLUE = re.compile(r"\{glue(?::\w+)?\}`([^`:]+\.ipynb)::(\w+)(?::[^`]*)?`")
+
+
+def quoted(page: str) -> set[tuple[str, str]]:
+    """The ``(notebook, key)`` pairs a results page pastes with ``{glue:text}``, outside
+    HTML comments.
+
+    >>> sorted(quoted("| acc | {glue:text}`05_compression.ipynb::compress_int8_accuracy:.1%` |"))
+    [('05_compression.ipynb', 'compress_int8_accuracy')]
+    """
+    body = re.sub(r"<!--.*?-->", "", page, flags=re.S)
+    return set(GLUE.findall(body))

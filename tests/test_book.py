@@ -18,6 +18,8 @@ import urllib.parse
 from pathlib import Path
 
 import nbformat
+
+from fmlab.results import quoted
 import pytest
 import yaml
 
@@ -204,31 +206,26 @@ def test_equations_carry_their_chapter_number(site):
 
 # The results page ------------------------------------------------------------------------
 
-GLUE = re.compile(r"\{glue(?::\w+)?\}`([^`:]+\.ipynb)::(\w+)(?::[^`]*)?`")
 RECORD = re.compile(r"""\brecord\(\s*["']([a-z0-9_]+)["']""")
 
 
-def recorded_keys() -> dict[str, set[str]]:
-    """The keys each chapter hands over with fmlab.results.record, by notebook file name."""
-    keys = {}
+def test_results_page_quotes_the_keys_chapters_record():
+    """Statically, what can be seen without running: every key a chapter records by its
+    literal name is quoted, and every quoted notebook exists and records something. The keys a
+    chapter builds at run time are compared with the page when tests/test_smoke_profile.py
+    executes it."""
+    page = quoted((ROOT / "book" / "results.md").read_text(encoding="utf-8"))
     for path in sorted(ROOT.glob("book/*.ipynb")):
         nb = nbformat.read(path, as_version=4)
-        keys[path.name] = {k for c in nb.cells if c.cell_type == "code"
-                           for k in RECORD.findall(c.source)}
-    return keys
-
-
-def test_results_page_quotes_exactly_the_recorded_keys():
-    page = (ROOT / "book" / "results.md").read_text(encoding="utf-8")
-    body = re.sub(r"<!--.*?-->", "", page, flags=re.S)  # the how-to comment is not a row
-    quoted = GLUE.findall(body)
-    recorded = recorded_keys()
-    missing = [f"{nb}::{key}" for nb, key in quoted if key not in recorded.get(nb, set())]
-    assert not missing, f"the results page quotes keys no chapter records: {missing}"
-    unquoted = sorted(f"{nb}::{key}" for nb, keys in recorded.items() for key in keys
-                      if (nb, key) not in set(quoted))
-    assert not unquoted, ("chapters record numbers the results page does not show; add a row "
-                          f"for each (see the comment in book/results.md): {unquoted}")
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        literal = set(RECORD.findall(code))
+        unquoted = sorted(k for k in literal if (path.name, k) not in page)
+        assert not unquoted, (f"{path.name} records numbers the results page does not show; "
+                              f"add a row for each (see book/results.md): {unquoted}")
+        if any(nb_name == path.name for nb_name, _ in page):
+            assert "record(" in code, f"the results page quotes {path.name}, which records nothing"
+    notebooks = {p.name for p in ROOT.glob("book/*.ipynb")}
+    assert {nb_name for nb_name, _ in page} <= notebooks, "the results page quotes a missing notebook"
 
 
 def test_results_page_says_the_profile_the_build_uses():

@@ -18,6 +18,7 @@ import nbformat
 import pytest
 
 import fmlab
+from fmlab.results import quoted
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(ROOT.glob("book/*.ipynb")) + sorted(ROOT.glob("labs/*.ipynb"))
@@ -67,3 +68,13 @@ def test_full_profile_smoke_run_without_the_full_datasets(path, tmp_path, monkey
     if any('load("mnist"' in cell.source for cell in nb.cells if cell.cell_type == "code"):
         assert FALLBACK_NOTICE in streams, (
             f"{path.name} loads MNIST but the offline fallback notice never appeared")
+    if path.parent.name == "book":  # the results page quotes exactly what the chapter records
+        recorded = {out.get("metadata", {}).get("scrapbook", {}).get("name")
+                    for cell in nb.cells if cell.cell_type == "code"
+                    for out in cell.get("outputs", [])} - {None}
+        page = {key for name, key in quoted((ROOT / "book" / "results.md").read_text())
+                if name == path.name}
+        assert not page - recorded, (f"book/results.md quotes keys {path.name} does not record: "
+                                     f"{sorted(page - recorded)}")
+        assert not recorded - page, (f"{path.name} records numbers book/results.md does not "
+                                     f"show; add a row for each: {sorted(recorded - page)}")

@@ -49,3 +49,17 @@ def load_into_reference(got, architecture: type[nn.Module], *args) -> tuple[nn.M
     fits = expect_state_dict(got, model, what=f"the weights of the returned model (a "
                                               f"{architecture.__name__}{args})")
     return (model if fits.passed else None), fits
+
+
+def score_between(value: float, case: dict, what: str = "") -> tuple[float, str]:
+    """A trained model's score, rising linearly from 0 at ``case["zero_at"]`` to full marks at
+    ``case["full_at"]``, and the verdict that says so (``"ok"`` at full marks).
+
+    >>> score_between(0.75, {"zero_at": 0.5, "full_at": 1.0})
+    (0.5, 'full marks from 100%, none below 50%')
+    """
+    lo, hi = case["zero_at"], case["full_at"]
+    score = min(max((value - lo) / (hi - lo), 0.0), 1.0)
+    what = f" {what}" if what else ""
+    verdict = "ok" if score >= 1 else f"full marks from {hi:.0%}{what}, none below {lo:.0%}"
+    return score, verdict

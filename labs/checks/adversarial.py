@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fmlab.grading import Question, Result, expect_state_dict
-from fmlab.grading.trained import load_into_reference, train_in_child, training_images
+from fmlab.grading.trained import (load_into_reference, score_between, train_in_child,
+                                   training_images)
 
 MODULES = ("torchattacks",)  # imported in the grading child before the student's code runs
 
@@ -307,11 +308,9 @@ def grade_q4(case, got):
         return torch.where(keep_a, a, b)
 
     robust = robust_accuracy(model, test, worst)
-    lo, hi = case["zero_at"], case["full_at"]
-    score = min(max((robust - lo) / (hi - lo), 0.0), 1.0)
+    score, verdict = score_between(robust, case, "robust")
     if clean < case["min_clean"]:
-        score = min(score, 0.5)
-    verdict = "ok" if score >= 1 else f"full marks from {hi:.0%} robust, none below {lo:.0%}"
+        score, verdict = min(score, 0.5), "at most half marks while clean accuracy is too low"
     return Result(score, f"held-out clean accuracy {clean:.1%}, under PGD-{steps} at eps = {eps:g} "
                          f"{robust:.1%} on {len(test):,} images ({verdict}; clean must be at least "
                          f"{case['min_clean']:.0%})")

@@ -15,7 +15,8 @@ from torch import nn
 from fmlab.grading import Question, Result, expect_close, expect_equal, expect_state_dict
 from fmlab.grading.spec import describe
 import fmlab.train
-from fmlab.grading.trained import load_into_reference, train_in_child, training_images
+from fmlab.grading.trained import (load_into_reference, score_between, train_in_child,
+                                   training_images)
 
 LAYERS = ("torch.nn.Conv2d", "torch.nn.MaxPool2d", "torch.nn.functional.conv2d",
           "torch.nn.functional.max_pool2d", "torch.max_pool2d")
@@ -210,9 +211,7 @@ def grade_q4(case, got):
         return fits
     test = load("mnist", "test", source="embedded")  # 1,000 images the child was never handed
     acc = evaluate(model, test).accuracy
-    lo, hi = case["zero_at"], case["full_at"]
-    score = min(max((acc - lo) / (hi - lo), 0.0), 1.0)
-    verdict = "ok" if score >= 1 else f"full marks from {hi:.0%}, none below {lo:.0%}"
+    score, verdict = score_between(acc, case)
     return Result(score, f"held-out accuracy {acc:.1%} on {len(test):,} images ({verdict})")
 
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from fmlab.grading import Question, Result, expect_close
-from fmlab.grading.trained import load_into_reference, train_in_child, with_training_images
+from fmlab.grading.trained import (load_into_reference, score_between, train_in_child,
+                                   with_training_images)
 
 MODULES = ("fmlab.models", "fmlab.data", "fmlab.train")
 
@@ -343,9 +344,7 @@ def grade_q5(case, got):
                            "retrain)")
     test = load("mnist", "test", source="embedded")  # 1,000 images the child never saw
     acc = evaluate(model, test).accuracy
-    lo, hi = case["zero_at"], case["full_at"]
-    score = min(max((acc - lo) / (hi - lo), 0.0), 1.0)
-    verdict = "ok" if score >= 1 else f"full marks from {hi:.0%}, none below {lo:.0%}"
+    score, verdict = score_between(acc, case)
     return Result(score, f"{zeros:.1%} of the weights are zero; held-out accuracy {acc:.1%} on "
                          f"{len(test):,} images ({verdict})")
 

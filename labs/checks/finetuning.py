@@ -21,6 +21,7 @@ from torch import nn
 
 from fmlab.grading import Question, Result, expect_close, expect_equal, expect_state_dict
 from fmlab.grading.spec import describe
+from fmlab.grading.trained import score_between
 
 HAVE_PEFT = importlib.util.find_spec("peft") is not None
 # Imported by the grading child before its sandbox closes, so that switching peft's layers
@@ -291,9 +292,7 @@ def grade_q4(case, got):
     test = ft.target_task("mnist-5-9", "test", mnist="embedded")  # never handed to the child
     with torch.no_grad():
         acc = (head(ft.features(backbone, test.x)).argmax(1) == test.y).float().mean().item()
-    lo, hi = case["zero_at"], case["full_at"]
-    score = min(max((acc - lo) / (hi - lo), 0.0), 1.0)
-    verdict = "ok" if score >= 1 else f"full marks from {hi:.0%}, none below {lo:.0%}"
+    score, verdict = score_between(acc, case)
     return Result(score, f"held-out accuracy {acc:.1%} on {len(test)} images ({verdict})")
 
 
