@@ -1,6 +1,7 @@
-"""The ``fmlab`` command: ``fmlab grade``, ``fmlab assign``, ``fmlab data``.
+"""The ``fmlab`` command: ``fmlab grade``, ``fmlab assign``, ``fmlab data``, ``fmlab bench``.
 
-Explained in book/instructors.md. Exit status: 0 when the command did its job (for ``grade``:
+``grade`` and ``assign`` are explained in book/instructors.md; ``bench`` runs a benchmark of
+benchmarks/ from a checkout. Exit status: 0 when the command did its job (for ``grade``:
 whatever the score, unless ``--min-score`` is given and not reached, then 1); 2 when the grader
 itself could not run (a broken checks file, a missing hidden-tests file, bad arguments).
 """
