@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from fmlab.grading import Question, Result, expect_close
 from fmlab.grading.trained import (load_into_reference, score_between, train_in_child,
-                                   with_training_images)
+                                   training_images)
 
 MODULES = ("fmlab.models", "fmlab.data", "fmlab.train")
 
@@ -364,7 +364,7 @@ QUESTIONS = [
              timeout=20, forbid=FAKE_QUANTIZATION),
     Question(id="q5", points=4, title="Prune LeNet-300-100 to 90% and keep its accuracy",
              requires=("train_sparse_model",), run=run_q5, grade=grade_q5,
-             prepare=with_training_images, timeout=120, forbid=PRUNING,
+             prepare=training_images("mnist"), timeout=120, forbid=PRUNING,
              cases=lambda: [{"name": "4,000 training images, 90% of the weights zero",
                              "n_train": 4000, "sparsity": 0.9, "full_at": 0.91,
                              "zero_at": 0.85}]),
