@@ -98,10 +98,20 @@ def isolation() -> boundary.Isolation:
     return iso
 
 
-def _child_env(workdir: str, limits: Limits) -> dict:
+# multiprocessing puts UNIX sockets in the temporary folder (DataLoader workers share tensors
+# through them), and a socket's path may be at most 107 bytes: a deep working folder makes
+# the workers wait forever for data that never comes.
+SOCKET_ROOM = 60
+
+
+def _child_env(workdir: str, limits: Limits, private_tmp: bool = False) -> dict:
+    """The child's whole environment. Its temporary folder is its working folder, or /tmp
+    where that is its own (``private_tmp``, with namespaces) or the working folder's path
+    leaves too little room for a socket's name."""
     threads = str(max(1, int(limits.threads or 1)))
+    tmp = "/tmp" if private_tmp or len(workdir) > SOCKET_ROOM else workdir
     return {
-        "PATH": os.defpath, "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
+        "PATH": os.defpath, "HOME": workdir, "TMPDIR": tmp, "LANG": "C.UTF-8",
         "USER": "grader", "LOGNAME": "grader",
         "FMLAB_GRADING": "1", "FMLAB_PROFILE": "quick", "FMLAB_DEVICE": "cpu",
         "FMLAB_DATA": os.path.join(workdir, "data"), "CUDA_VISIBLE_DEVICES": "",
@@ -145,7 +155,9 @@ class _Child:
         self.log = root / f"log-{attempt}.txt"
         job_file, cfg_file = root / f"job-{attempt}.pt", root / f"boundary-{attempt}.json"
         hidden = forbidden + [str(root / "job"), str(job_file), str(cfg_file)]
-        job = dict(job, cwd=str(self.work), out=str(self.out), writable=[str(self.work)],
+        # With namespaces the child's /tmp is its own: multiprocessing's sockets go there
+        writable = [str(self.work)] + (["/tmp"] if iso.namespaces else [])
+        job = dict(job, cwd=str(self.work), out=str(self.out), writable=writable,
                    forbidden=hidden, memory_mb=limits.memory_mb, processes=iso.processes_allowed)
         with _private(job_file) as f:  # 0600: no other child's uid may read it
             torch.save(job, f)
@@ -163,7 +175,7 @@ class _Child:
             with _private(self.log) as log:
                 self.proc = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=_child_env(str(self.work), limits), cwd=str(self.work),
+                    env=_child_env(str(self.work), limits, iso.namespaces), cwd=str(self.work),
                     pass_fds=(write_fd, job_fd, cfg_fd), start_new_session=True)
         finally:
             for fd in (write_fd, job_fd, cfg_fd):
