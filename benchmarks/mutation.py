@@ -82,12 +82,15 @@ def run(names: list[str], max_children: int) -> tuple[float, float]:
 def write_survivors(modules: list[str]) -> Path:
     out = ROOT / "benchmarks" / "results" / "mutation_survivors.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
+    os.chdir(ROOT)  # mutmut reads its configuration and mutants/ from the working directory
+    from mutmut.__main__ import find_mutant, get_diff_for_mutant
+
     parts = []
     for m in modules:
         for name in summary(m)["survivors"]:
-            diff = subprocess.run([mutmut(), "show", name], cwd=ROOT, capture_output=True,
-                                  text=True).stdout
-            parts.append(diff.rstrip() + "\n")
+            status = results(m)[name]
+            diff = get_diff_for_mutant(name, path=find_mutant(name).path)
+            parts.append(f"# {name}: {status}\n{diff.rstrip()}\n")
     out.write_text("\n".join(parts))
     return out
 
