@@ -418,3 +418,94 @@ def test_checkpoint_round_trips_every_part(tmp_path):
     with pytest.raises(ValueError, match=r"written with \{'batch_size': 8, 'seed': 3\}, not "
                                          r"\{'batch_size': 4, 'seed': 3\}; delete it or pass the same"):
         train.load_checkpoint(ck, net4, opt4, batch_size=4, seed=3)
+
+
+def test_fit_defaults_are_adam_1e3_batches_of_64_seed_0(digits):
+    tr, _ = digits
+    a, b = _model(), _model()
+    train.fit(a, tr, epochs=1, progress=False, device="cpu")
+    train.fit(b, tr, epochs=1, optimizer=lambda ps: torch.optim.Adam(ps, lr=1e-3), batch_size=64,
+              seed=0, progress=False, device="cpu")
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def test_fit_uses_the_device_it_is_given(digits, monkeypatch):
+    """device="cpu" wins over FMLAB_DEVICE (here a device this machine may lack)."""
+    tr, te = digits
+    monkeypatch.setenv("FMLAB_DEVICE", "meta")
+    model = _model()
+    h = train.fit(model, tr.subset(64), te.subset(32), epochs=1, progress=False, device="cpu")
+    assert h.epochs == 1 and next(model.parameters()).device.type == "cpu"
+
+
+def test_amp_is_bfloat16_on_cuda_only(digits):
+    """On the CPU amp=True changes nothing: autocast is for CUDA."""
+    tr, _ = digits
+    a, b = _model(), _model()
+    train.fit(a, tr.subset(128), epochs=1, amp=True, progress=False, device="cpu")
+    train.fit(b, tr.subset(128), epochs=1, amp=False, progress=False, device="cpu")
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def test_progress_bar_counts_batches(digits, tmp_path, capsys):
+    tr, _ = digits
+    small = tr.subset(100)
+    train.fit(_model(), small, epochs=2, batch_size=50, progress=True, device="cpu")
+    err = capsys.readouterr().err
+    assert "fit: " in err and "4/4" in err and "batch" in err and "epoch=2" in err
+    ck = tmp_path / "p.pt"
+    train.fit(_model(), small, epochs=1, batch_size=50, progress=False, device="cpu", checkpoint=ck)
+    capsys.readouterr()
+    train.fit(_model(), small, epochs=3, batch_size=50, progress=True, device="cpu", checkpoint=ck)
+    assert "4/4" in capsys.readouterr().err  # resumed at epoch 2: two epochs of two batches left
+
+
+def test_nan_in_a_later_epoch_names_that_epoch(digits):
+    tr, _ = digits
+    steps = math.ceil(len(tr) / 100)
+
+    def poisoned(model, xb, yb):
+        poisoned.calls += 1
+        return xb * float("nan") if poisoned.calls == steps + 2 else xb
+
+    poisoned.calls = 0
+    with pytest.raises(train.NonFiniteLossError, match="at epoch 2, step 2\\. Try a smaller"):
+        train.fit(_model(), tr, epochs=2, batch_size=100, progress=False, device="cpu",
+                  batch_transform=poisoned)
+
+
+def test_resume_keeps_early_stopping_state(digits, tmp_path):
+    """A run resumed from its checkpoint remembers the best epoch it had seen, so it still
+    ends with the best weights (the last epochs are made bad by a huge learning rate)."""
+    tr, te = digits
+    steps = math.ceil(len(tr) / 64)
+    blow_up = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+        opt, lambda step: 1.0 if step < 2 * steps else 5e4)
+    run = dict(epochs=4, lr=3e-3, batch_size=64, scheduler=blow_up, progress=False, device="cpu")
+    ref = _model()
+    h_ref = train.fit(ref, tr, te, early_stopping=train.EarlyStopping(patience=5), **run)
+    ck = tmp_path / "es.pt"
+    first = _model()
+    train.fit(first, tr, te, early_stopping=train.EarlyStopping(patience=5), checkpoint=ck,
+              **dict(run, epochs=2))
+    resumed, stop = _model(seed=9), train.EarlyStopping(patience=5)
+    h = train.fit(resumed, tr, te, early_stopping=stop, checkpoint=ck, **run)
+    assert h.best_epoch == h_ref.best_epoch <= 2 and stop.best_epoch == h_ref.best_epoch
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), resumed.parameters()))
+
+
+def test_fit_argument_errors_say_exactly_what(digits, tmp_path):
+    tr, te = digits
+    with pytest.raises(ValueError, match="^early stopping watches a validation metric: pass val=...$"):
+        train.fit(_model(), tr, epochs=1, early_stopping=train.EarlyStopping(), progress=False)
+    with pytest.raises(ValueError, match="^the training set is empty$"):
+        train.fit(_model(), data.Dataset(tr.x[:0], tr.y[:0], tr.classes, "e"), epochs=1)
+    with pytest.raises(ValueError, match="^early stopping watches 'val_acc' or 'val_loss', not 'acc'$"):
+        train.EarlyStopping(metric="acc")
+    with pytest.raises(ValueError, match="^train_one_epoch got no batches: pass a non-empty list"):
+        train.train_one_epoch(_model(), [], torch.optim.SGD(_model().parameters(), lr=0.1),
+                              F.cross_entropy)
+    ck = tmp_path / "seed.pt"
+    train.fit(_model(), tr.subset(64), epochs=1, progress=False, device="cpu", checkpoint=ck, seed=1)
+    with pytest.raises(ValueError, match="'seed': 1}, not {'batch_size': 64, 'seed': 2}"):
+        train.fit(_model(), tr.subset(64), epochs=2, progress=False, device="cpu", checkpoint=ck, seed=2)
