@@ -509,3 +509,24 @@ def test_fit_argument_errors_say_exactly_what(digits, tmp_path):
     train.fit(_model(), tr.subset(64), epochs=1, progress=False, device="cpu", checkpoint=ck, seed=1)
     with pytest.raises(ValueError, match="'seed': 1}, not {'batch_size': 64, 'seed': 2}"):
         train.fit(_model(), tr.subset(64), epochs=2, progress=False, device="cpu", checkpoint=ck, seed=2)
+
+
+def test_train_one_epoch_hands_the_transform_model_and_labels_and_autocasts():
+    torch.manual_seed(0)
+    model, x, y = nn.Linear(4, 3), torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    seen = []
+
+    def transform(m, xb, yb):
+        seen.append((m, yb))
+        return xb
+
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    train.train_one_epoch(model, [(x, y)], sgd, F.cross_entropy, batch_transform=transform)
+    assert seen[0][0] is model and torch.equal(seen[0][1], y)
+    dtypes = []
+    model.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    train.train_one_epoch(model, [(x, y)], sgd, F.cross_entropy, autocast=torch.bfloat16)
+    train.train_one_epoch(model, [(x, y)], sgd, F.cross_entropy)
+    assert dtypes == [torch.bfloat16, torch.float32]  # autocast works on the CPU too
+    with pytest.raises(train.NonFiniteLossError, match="at epoch 1, step 1"):  # the default epoch
+        train.train_one_epoch(model, [(x * float("inf"), y)], sgd, F.cross_entropy)
