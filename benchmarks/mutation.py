@@ -8,7 +8,7 @@ fails, *survives* when all pass, has *no tests* when no unit test calls its func
 
     make mutation                                # every core module, one worker
     .venv/bin/python benchmarks/mutation.py train data
-    .venv/bin/python benchmarks/mutation.py --survivors   # re-check only the last survivors
+    .venv/bin/python benchmarks/mutation.py --survivors   # re-check the last survivors and timeouts
     .venv/bin/python benchmarks/mutation.py --report      # the last results, without running
 
 Which files may be mutated and which tests run is set in pyproject.toml, ``[tool.mutmut]``: the
@@ -64,7 +64,8 @@ def summary(module: str) -> dict:
             "no_tests": counts["no tests"], "not_checked": counts["not checked"],
             "other": tested - caught - counts["survived"] - counts["no tests"],
             "score": caught / tested if tested else float("nan"),
-            "survivors": sorted(n for n, s in status.items() if s in ("survived", "no tests"))}
+            "survivors": sorted(n for n, s in status.items() if s in ("survived", "no tests")),
+            "timeouts": sorted(n for n, s in status.items() if s == "timeout")}
 
 
 def run(names: list[str], max_children: int) -> tuple[float, float]:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-children", type=int, default=1, help="parallel workers (default 1)")
     ap.add_argument("--fresh", action="store_true", help="delete mutants/ first")
     ap.add_argument("--survivors", action="store_true",
-                    help="re-run only the mutants that survived (or had no tests) last time")
+                    help="re-run only the mutants that survived, had no tests or timed out last time")
     ap.add_argument("--report", action="store_true", help="print the last results; run nothing")
     ap.add_argument("--json", type=Path, help="also write the summary to this file")
     args = ap.parse_args(argv)
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, tuple[float, float]] = {}
     if not args.report:
         for m in args.modules:
-            names = summary(m)["survivors"] if args.survivors else [f"fmlab.{m}.*"]
+            last = summary(m)
+            names = last["survivors"] + last["timeouts"] if args.survivors else [f"fmlab.{m}.*"]
             if not names:
                 print(f"fmlab.{m}: no survivors to re-check")
                 continue

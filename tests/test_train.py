@@ -447,19 +447,6 @@ def test_amp_is_bfloat16_on_cuda_only(digits):
     assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
 
 
-def test_progress_bar_counts_batches(digits, tmp_path, capsys):
-    tr, _ = digits
-    small = tr.subset(100)
-    train.fit(_model(), small, epochs=2, batch_size=50, progress=True, device="cpu")
-    err = capsys.readouterr().err
-    assert "fit: " in err and "4/4" in err and "batch" in err and "epoch=2" in err
-    ck = tmp_path / "p.pt"
-    train.fit(_model(), small, epochs=1, batch_size=50, progress=False, device="cpu", checkpoint=ck)
-    capsys.readouterr()
-    train.fit(_model(), small, epochs=3, batch_size=50, progress=True, device="cpu", checkpoint=ck)
-    assert "4/4" in capsys.readouterr().err  # resumed at epoch 2: two epochs of two batches left
-
-
 def test_nan_in_a_later_epoch_names_that_epoch(digits):
     tr, _ = digits
     steps = math.ceil(len(tr) / 100)
