@@ -290,11 +290,11 @@ def test_early_stopping_min_delta_boundary(metric, sign):
 def test_history_repr_and_last():
     h = train.History()
     assert repr(h) == "History(epochs=0, empty)" and h.last() == {} and h.epochs == 0
-    h.train_loss += [1.0, 0.5]
-    h.train_acc += [0.25, 0.75]
-    assert repr(h) == "History(epochs=2, train_acc=0.7500)"
-    h.val_acc += [0.5, 0.625]
-    assert repr(h) == "History(epochs=2, train_acc=0.7500, val_acc=0.6250)"
+    h.train_loss += [1.0, 0.7, 0.5]
+    h.train_acc += [0.25, 0.5, 0.75]
+    assert repr(h) == "History(epochs=3, train_acc=0.7500)"
+    h.val_acc += [0.5, 0.5625, 0.625]
+    assert repr(h) == "History(epochs=3, train_acc=0.7500, val_acc=0.6250)"
     assert h.last() == {"train_loss": "0.5000", "train_acc": "0.7500", "val_acc": "0.6250"}
 
 
@@ -517,3 +517,25 @@ def test_train_one_epoch_hands_the_transform_model_and_labels_and_autocasts():
     assert dtypes == [torch.bfloat16, torch.float32]  # autocast works on the CPU too
     with pytest.raises(train.NonFiniteLossError, match="at epoch 1, step 1"):  # the default epoch
         train.train_one_epoch(model, [(x * float("inf"), y)], sgd, F.cross_entropy)
+
+
+def test_losses_and_hits_over_several_finiteness_windows():
+    """More batches than one window (train.CHECK_EVERY): every window's hits are counted, the
+    mean loss is over all batches (also when the last window is exactly full), and a bad loss
+    in a later epoch's first window names that epoch and step."""
+    torch.manual_seed(0)
+    model, sgd = nn.Linear(4, 3), None
+    x, y = torch.randn(8 * 2 * train.CHECK_EVERY, 4), torch.randint(0, 3, (8 * 2 * train.CHECK_EVERY,))
+    sgd = torch.optim.SGD(model.parameters(), lr=0.0)  # no update: every batch sees the same model
+    for n_batches in (2 * train.CHECK_EVERY, train.CHECK_EVERY + 5):
+        epoch = [(x[i * 8:(i + 1) * 8], y[i * 8:(i + 1) * 8]) for i in range(n_batches)]
+        correct = torch.zeros((), dtype=torch.long)
+        got = train.train_one_epoch(model, epoch, sgd, F.cross_entropy, correct=correct)
+        with torch.no_grad():
+            out = model(x[:8 * n_batches])
+        assert got == pytest.approx(F.cross_entropy(out, y[:8 * n_batches]).item(), rel=1e-5)
+        assert int(correct) == int((out.argmax(1) == y[:8 * n_batches]).sum())
+    bad = [(x[:8], y[:8])] * (train.CHECK_EVERY + 5)
+    bad[train.CHECK_EVERY - 3] = (x[:8] * float("nan"), y[:8])
+    with pytest.raises(train.NonFiniteLossError, match=f"at epoch 3, step {train.CHECK_EVERY - 2}\\."):
+        train.train_one_epoch(model, bad, sgd, F.cross_entropy, epoch=3)
