@@ -169,3 +169,12 @@ def test_set_threads_sets_torch(monkeypatch):
         assert runtime.set_threads() == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_profile_default_is_full_with_cuda(monkeypatch):
+    monkeypatch.delenv("FMLAB_PROFILE", raising=False)
+    monkeypatch.delenv("FMLAB_SMOKE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.profile() is runtime.PROFILES["full"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.profile() is runtime.PROFILES["quick"]
