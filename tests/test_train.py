@@ -539,3 +539,9 @@ def test_losses_and_hits_over_several_finiteness_windows():
     bad[train.CHECK_EVERY - 3] = (x[:8] * float("nan"), y[:8])
     with pytest.raises(train.NonFiniteLossError, match=f"at epoch 3, step {train.CHECK_EVERY - 2}\\."):
         train.train_one_epoch(model, bad, sgd, F.cross_entropy, epoch=3)
+
+
+def test_fit_without_a_device_uses_the_default_device(digits, monkeypatch):
+    tr, _ = digits
+    monkeypatch.setenv("FMLAB_DEVICE", "cpu")
+    assert train.fit(_model(), tr.subset(32), epochs=1, progress=False).epochs == 1
