@@ -178,3 +178,44 @@ def test_profile_default_is_full_with_cuda(monkeypatch):
     assert runtime.profile() is runtime.PROFILES["full"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert runtime.profile() is runtime.PROFILES["quick"]
+
+
+def test_folders_are_made_with_their_parents_and_again(tmp_data_dir):
+    deep = runtime.cache_dir("runs/ch1")
+    assert deep == tmp_data_dir / "runs" / "ch1" and deep.is_dir()
+    assert runtime.cache_dir("runs/ch1") == deep  # a second call is fine
+
+
+def test_atomic_write_uses_a_hidden_temporary_file_beside_the_target(tmp_path):
+    target = tmp_path / "a" / "b" / "r.txt"
+    seen = []
+
+    def write(tmp):
+        seen.append(tmp)
+        tmp.write_text("new")
+
+    runtime.atomic_write(target, write)
+    assert seen[0].parent == target.parent and seen[0].name.startswith(".r.txt.")
+    assert seen[0].suffix == ".tmp" and not seen[0].exists() and target.read_text() == "new"
+
+    def vanish(tmp):  # the writer removed its file itself: the original error still shows
+        tmp.unlink()
+        raise RuntimeError("gone")
+
+    with pytest.raises(RuntimeError, match="gone"):
+        runtime.atomic_write(target, vanish)
+
+
+def test_seed_defaults_and_thread_counts(monkeypatch):
+    import numpy as np
+
+    runtime.seed_everything()
+    a = torch.rand(1), np.random.rand()
+    runtime.seed_everything(0)
+    assert torch.equal(torch.rand(1), a[0]) and np.random.rand() == a[1]
+    runtime.seed_everything(8)
+    b = np.random.rand()
+    runtime.seed_everything(6)
+    assert np.random.rand() != b
+    monkeypatch.setenv("FMLAB_THREADS", "1")
+    assert runtime.default_threads() == 1
