@@ -232,11 +232,12 @@ def _fake_torchvision(monkeypatch, name, cached=True, size=None, fail=None):
 
     import torchvision
 
-    calls, timeouts = [], []
+    calls, timeouts, roots = [], [], []
 
     class Fake:
         def __init__(self, root, train, download):
             calls.append((train, download))
+            roots.append(root)
             if not (cached or download):
                 raise RuntimeError("Dataset not found")
             if download and fail is not None:
@@ -254,7 +255,7 @@ def _fake_torchvision(monkeypatch, name, cached=True, size=None, fail=None):
             self.classes = [f"c{i}" for i in range(10)]
 
     monkeypatch.setattr(torchvision.datasets, name, Fake)
-    Fake.timeouts = timeouts
+    Fake.timeouts, Fake.roots = timeouts, roots
     return calls
 
 
@@ -403,3 +404,64 @@ def test_embedded_mnist_values_and_classes():
     assert ds.x.max() == 1.0 and ds.classes == [str(d) for d in range(10)]
     with pytest.raises(ValueError, match="^source must be 'auto', 'embedded' or 'torchvision', got 'x'$"):
         data.load("mnist", source="x")
+
+
+def test_batch_size_one_masks_in_subsets_and_messages():
+    x, y = _labelled(3)
+    assert [len(b) for _, b in data.batches(x, y, 1, shuffle=False)] == [1, 1, 1]
+    with pytest.raises(ValueError, match="^batch_size must be at least 1, got 0$"):
+        next(data.batches(x, y, 0))
+    with pytest.raises(ValueError, match="^3 images but 2 labels$"):
+        data.Dataset(x, y[:2], ["a"], "bad")
+    masks = torch.rand(3, 3, 3) > 0.5
+    ds = data.Dataset(x, y, [str(i) for i in range(7)], "toy", masks)
+    assert torch.equal(ds.subset(2).masks, masks[:2])
+    digits = data.load("digits", n=4)
+    assert digits.name == "digits" and digits.classes == [str(d) for d in range(10)]
+
+
+def test_mnist_sources(monkeypatch, tmp_data_dir):
+    """embedded never asks torchvision; auto asks it only outside the quick profile; a
+    fallback gives the split and seed asked for."""
+    def no_torchvision(name, split):
+        raise AssertionError("torchvision was asked")
+
+    monkeypatch.setattr(data, "_torchvision", no_torchvision)
+    monkeypatch.setenv("FMLAB_PROFILE", "full")
+    assert len(data.load("mnist", "test", source="embedded")) == 1000
+    monkeypatch.setenv("FMLAB_PROFILE", "quick")
+    assert len(data.load("mnist", "test")) == 1000
+    asked = []
+
+    def fake(name, split):
+        asked.append((name, split))
+        return data.Dataset(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long), ["0"], name)
+
+    monkeypatch.setattr(data, "_torchvision", fake)
+    monkeypatch.setenv("FMLAB_PROFILE", "full")
+    assert data.load("mnist", "train").name == "mnist" and asked == [("mnist", "train")]
+
+    def offline(name, split):
+        raise data.DataError("no", "offline")
+
+    monkeypatch.setattr(data, "_torchvision", offline)
+    fallback = data.load("mnist", "train", seed=3)
+    assert len(fallback) == 4000 and torch.equal(fallback.y, data.load("mnist", seed=3, source="embedded").y)
+    with pytest.raises(data.DataError):
+        data.load("mnist", source="torchvision")
+
+
+def test_torchvision_details(tmp_data_dir, monkeypatch):
+    calls = _fake_torchvision(monkeypatch, "FashionMNIST", cached=False)
+    assert data.load("fashion_mnist", "test").name == "fashion-mnist"  # _ for -
+    import torchvision
+
+    assert torchvision.datasets.FashionMNIST.roots == [str(tmp_data_dir)] * 2 and len(calls) == 2
+    _fake_torchvision(monkeypatch, "CIFAR10", size=123)
+    with pytest.raises(data.DataError, match="has 123 train images, expected 50000"):
+        data.load("cifar10")
+    _fake_torchvision(monkeypatch, "CIFAR10", cached=False)
+    monkeypatch.setenv("FMLAB_OFFLINE", "1")
+    with pytest.raises(data.DataError, match="unset it to download, or copy the dataset there") as err:
+        data.load("cifar10")
+    assert err.value.short == "not cached, offline"
