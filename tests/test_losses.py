@@ -380,3 +380,13 @@ def test_error_messages_in_full():
     with pytest.raises(TypeError, match="^bce_with_logits needs float targets in \\[0, 1\\], got dtype "
                                         "torch.int64; use y.float\\(\\)$"):
         L.bce_with_logits(rand(3), torch.tensor([0, 1, 1]))
+
+
+def test_other_dims_defaults_and_both_clip_ends():
+    z = rand(3, 4)
+    torch.testing.assert_close(L.log_softmax(z, dim=0), F.log_softmax(z, 0))
+    torch.testing.assert_close(L.softmax_naive(z, dim=1), torch.softmax(z, 1))
+    y = torch.rand(3, 4, generator=torch.Generator().manual_seed(5), dtype=D64)
+    torch.testing.assert_close(L.bce_with_logits_grad(z, y), L.bce_with_logits_grad(z, y, "mean"))
+    low = L.bce_probability_form(torch.tensor([-100.0]), torch.tensor([1.0]), clamp=1e-7)
+    assert torch.isfinite(low)  # sigmoid(-100) = 0 is clipped up to 1e-7 too
