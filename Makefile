@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # The exact versions CI tests with; pyproject.toml keeps open ranges for Colab.
 PINS   := torch==2.14.1 torchvision==0.29.1 torchao==0.18.0
 
-.PHONY: book test install bench clean students sync-install-cells vendor
+.PHONY: book test install bench clean students sync-install-cells vendor mutation
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,12 @@ test: install
 # The fit-vs-loop benchmark (fmlab bench train); on a shared machine add OMP_NUM_THREADS=1.
 bench: install
 	FMLAB_PROFILE=quick $(PY) -m fmlab bench train
+
+# Mutation testing of the core modules against the fast unit tests (benchmarks/MUTATION.md):
+# one worker, one thread; about an hour. Not part of `make test`. MODULES=train data narrows it.
+mutation: install
+	$(PY) -m pip show mutmut >/dev/null 2>&1 || $(PY) -m pip install --quiet mutmut==3.8.1
+	nice -n 10 $(PY) benchmarks/mutation.py $(MODULES)
 
 clean:
 	rm -rf _build

@@ -247,6 +247,11 @@ class EarlyStopping:
     """Stop when ``metric`` has not improved by ``min_delta`` for ``patience`` epochs, and
     (with ``restore_best``) put back the weights of the best epoch (Prechelt 1998).
 
+    ``patience`` counts the epochs in a row without improvement: with ``patience=2``,
+    :meth:`step` returns True at the second such epoch (the best epoch plus 2), not the
+    third. An epoch improves when its score beats the best by *more* than ``min_delta``; an
+    equal score does not improve.
+
     The object owns its state: the best score and epoch, a copy of the best weights, and the
     number of epochs since the last improvement. :meth:`step` records an epoch and says
     whether to stop; :meth:`state_dict` / :meth:`load_state_dict` carry the state through a

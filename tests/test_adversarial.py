@@ -336,3 +336,92 @@ def test_the_default_step_size_is_written_once():
                        pgd(model, x, y, 0.2, pgd_step_size(0.2, 3), 3, generator=g()))
     assert torch.equal(fgsm_rs(model, x, y, 0.2, generator=g()),
                        pgd(model, x, y, 0.2, 1.25 * 0.2, 1, generator=g()))
+
+
+def _linear(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+
+
+def test_projection_is_idempotent_inside_ball_and_box_and_eps_zero_is_identity():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(300, generator=g)
+    x[:10], x[10:20] = 0.0, 1.0  # the box edges
+    for eps in (0.0, 0.05, 0.5):
+        p = project(x + torch.randn(300, generator=g), x, eps)
+        assert torch.equal(project(p, x, eps), p)  # a point in the set stays put
+        assert ((p - x).abs() <= eps + 1e-7).all() and p.min() >= 0 and p.max() <= 1
+    assert torch.equal(project(x + 0.3, x, 0.0), x)
+
+
+def test_eps_zero_attacks_change_nothing():
+    model, x = _linear(), torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(fgsm(model, x, y, 0.0), x)
+    assert torch.equal(pgd(model, x, y, 0.0, steps=3, generator=torch.Generator().manual_seed(0)), x)
+    assert torch.equal(pgd(model, x, y, 0.1, steps=0, random_start=False), x)
+    start = pgd(model, x, y, 0.1, steps=0, generator=torch.Generator().manual_seed(0))
+    assert 0 < (start - x).abs().max() <= 0.1 + 1e-7  # steps=0: the random start alone
+
+
+def test_random_start_is_uniform_over_the_ball():
+    from fmlab.adversarial import _uniform_like
+
+    x = torch.full((20000,), 0.5)
+    for gen in (torch.Generator().manual_seed(0), None):
+        u = _uniform_like(x, 0.2, gen)
+        assert u.shape == x.shape and u.min() >= -0.2 and u.max() <= 0.2
+        assert u.min() < -0.19 and u.max() > 0.19 and abs(u.mean().item()) < 0.01
+        assert abs(u.std().item() - 0.4 / 12 ** 0.5) < 0.005  # the std of U[-eps, eps]
+
+
+def test_margin_loss_and_objective_values():
+    from fmlab.adversarial import _objective, margin_loss
+
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.0, -1.0, 5.0]])
+    assert margin_loss(logits, torch.tensor([0, 2])).tolist() == [2.0, -5.0]
+    torch.testing.assert_close(_objective(logits, torch.tensor([0, 2]), "ce"),
+                               F.cross_entropy(logits, torch.tensor([0, 2]), reduction="none"))
+    with pytest.raises(ValueError, match="^loss must be 'ce' or 'margin', got 'l2'$"):
+        _objective(logits, torch.tensor([0, 2]), "l2")
+
+
+def test_margin_pgd_and_step_size_defaults():
+    model, x = _linear(), torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = model(x).argmax(1)
+    adv = pgd(model, x, y, 0.3, steps=5, loss="margin", random_start=False)
+    from fmlab.adversarial import margin_loss
+    with torch.no_grad():
+        assert (margin_loss(model(adv), y) > margin_loss(model(x), y)).all()  # the margin rose
+    assert pgd_step_size(0.3, 0) == pytest.approx(0.75)  # no steps: as if one
+    assert torch.equal(fgsm_rs(model, x, y, 0.2, random_start=False),
+                       pgd(model, x, y, 0.2, 0.25, steps=1, random_start=False))  # alpha 1.25 eps
+    assert torch.equal(fgsm_rs(model, x, y, 0.2, alpha=0.2, random_start=False), fgsm(model, x, y, 0.2))
+    t = AdversarialTransform(0.2, steps=4, random_start=False)
+    assert t.alpha_ratio == pytest.approx(2.5 / 4)
+    assert torch.equal(t(model, x, y), pgd(model, x, y, 0.2, 0.2 * 2.5 / 4, 4, random_start=False))
+    f = AdversarialTransform(0.2, method="fgsm_rs", steps=9, alpha_ratio=1.0, random_start=False)
+    assert torch.equal(f(model, x, y), fgsm(model, x, y, 0.2))  # one step whatever steps says
+
+
+def test_attack_input_checks_in_full():
+    model = _linear()
+    x, y = torch.rand(2, 1, 4, 4), torch.tensor([0, 1])
+    with pytest.raises(TypeError, match="^x must be a float tensor of images in \\[0, 1\\], got dtype torch.uint8$"):
+        fgsm(model, (x * 255).to(torch.uint8), y, 0.1)
+    with pytest.raises(ValueError, match="^x has 2 images but y has 1 labels$"):
+        fgsm(model, x, y[:1], 0.1)
+    with pytest.raises(ValueError, match="^eps must be >= 0, got -0.1$"):
+        fgsm(model, x, y, -0.1)
+    with pytest.raises(ValueError, match="^x has values in \\[0, 2\\]; attacks expect images in \\[0, 1\\]"):
+        fgsm(model, torch.cat([x[:1] * 0, x[1:] * 0 + 2]), y, 0.1)
+    edges = torch.cat([torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4)])
+    assert fgsm(model, edges, y, 0.1).shape == edges.shape  # exactly 0 and 1 are images
+    assert fgsm(model, x[:0], y[:0], 0.1).shape == (0, 1, 4, 4)  # an empty batch
+    for steps, restarts in ((-1, 1), (1, 0)):
+        with pytest.raises(ValueError, match=f"^need steps >= 0 and restarts >= 1, got steps={steps}, "
+                                             f"restarts={restarts}$"):
+            pgd(model, x, y, 0.1, steps=steps, restarts=restarts)
+    assert robust_accuracy(model, (x[:0], y[:0])) == 0.0
+    with pytest.raises(TypeError, match="^data must be an fmlab Dataset \\(with .x and .y\\) or a pair"):
+        robust_accuracy(model, [x, y, y])

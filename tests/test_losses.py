@@ -295,3 +295,98 @@ def test_errors():
         L.bce_with_logits(rand(3), rand(4))
     with pytest.raises(TypeError, match="float"):
         L.bce_with_logits(rand(3), torch.tensor([0, 1, 1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Boundaries and the forms the chapter shows but does not train with
+# ---------------------------------------------------------------------------------------------
+
+def test_logsumexp_of_a_row_of_minus_infinity_is_minus_infinity():
+    z = torch.tensor([[-float("inf"), -float("inf")], [0.0, 0.0]], dtype=D64)
+    out = L.logsumexp(z)
+    assert out[0] == -float("inf") and out[1].item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
+    torch.testing.assert_close(L.logsumexp(z[1:], dim=0), torch.logsumexp(z[1:], 0))
+
+
+def test_empty_batch_and_edge_class_indices():
+    assert L.class_probabilities(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)).shape == (0, 3)
+    z = rand(2, 3)
+    q = L.class_probabilities(z, torch.tensor([0, 2]))  # the last class, C - 1, is allowed
+    assert q.tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]] and q.dtype == D64
+    for a in (0.0, 1.0):  # both ends of the smoothing range are allowed
+        torch.testing.assert_close(L.cross_entropy(z, torch.tensor([0, 2]), label_smoothing=a),
+                                   F.cross_entropy(z, torch.tensor([0, 2]), label_smoothing=a))
+
+
+def test_gradients_as_formulas_match_autograd_for_both_reductions():
+    z, t = rand(4, 3, scale=2.0), int_targets(4, 3)
+    y = torch.rand(4, 3, generator=torch.Generator().manual_seed(3), dtype=D64)
+    for reduction in ("mean", "sum"):
+        zr = z.clone().requires_grad_()
+        F.cross_entropy(zr, t, reduction=reduction, label_smoothing=0.2).backward()
+        torch.testing.assert_close(L.cross_entropy_grad(z, t, reduction, label_smoothing=0.2), zr.grad)
+        zr = z.clone().requires_grad_()
+        F.binary_cross_entropy_with_logits(zr, y, reduction=reduction).backward()
+        torch.testing.assert_close(L.bce_with_logits_grad(z, y, reduction), zr.grad)
+    with pytest.raises(ValueError, match="^bce_with_logits_grad: prediction has shape"):
+        L.bce_with_logits_grad(z, y[:2])
+
+
+def test_the_unstable_forms_agree_where_they_are_stable_and_fail_where_the_chapter_says():
+    z, y = rand(5, scale=2.0), torch.rand(5, generator=torch.Generator().manual_seed(4), dtype=D64)
+    torch.testing.assert_close(L.bce_probability_form(z, y), F.binary_cross_entropy_with_logits(z, y))
+    torch.testing.assert_close(L.softmax_naive(rand(3, 4), dim=0), torch.softmax(rand(3, 4), 0))
+    big, one = torch.tensor([100.0]), torch.tensor([0.0])
+    assert L.bce_probability_form(big, one) == float("inf")  # sigmoid(100) rounds to 1
+    zr = big.clone().requires_grad_()
+    clipped = L.bce_probability_form(zr, one, clamp=1e-7)
+    clipped.backward()
+    assert clipped.item() == pytest.approx(-torch.log(1 - torch.tensor(1.0 - 1e-7)).item())  # log(1 - s)
+    assert zr.grad.item() == 0.0  # past the clip the gradient is exactly zero
+
+
+def test_numerical_gradient_step_and_float_results():
+    x = torch.tensor([1.0, 2.0], dtype=D64)
+    # a quadratic: central differences are exact for any step, a float result is accepted
+    g = L.numerical_gradient(lambda v: float((v ** 2).sum()), x, eps=0.5)
+    torch.testing.assert_close(g, 2 * x)
+    # a cubic: the error is eps^2 exactly, so the step really is eps
+    g3 = L.numerical_gradient(lambda v: (v ** 3).sum(), x, eps=0.1)
+    torch.testing.assert_close(g3, 3 * x ** 2 + 0.01)
+    with pytest.raises(ValueError, match="^relative_error: shapes differ, \\(2,\\) vs \\(3,\\)$"):
+        L.relative_error(torch.zeros(2), torch.zeros(3))
+
+
+def test_sgd_step_weight_decay_values():
+    theta, grad = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 0.5])
+    want = theta - 0.1 * (grad + 0.2 * theta)  # 1 - 0.1 * 0.7, -2 - 0.1 * 0.1
+    for decoupled in (False, True):
+        torch.testing.assert_close(L.sgd_step_weight_decay(theta, grad, 0.1, 0.2, decoupled), want)
+    torch.testing.assert_close(want, torch.tensor([0.93, -2.01]))
+
+
+def test_error_messages_in_full():
+    z = rand(3, 4)
+    with pytest.raises(ValueError, match="^reduction must be 'mean' or 'sum', got 'none'$"):
+        L.mse(z, z, reduction="none")
+    with pytest.raises(ValueError, match=r"^targets must be class indices in \[0, 3\] for 4 classes, "
+                                         r"got values in \[0, 4\]$"):
+        L.cross_entropy(z, torch.tensor([0, 4, 1]))
+    with pytest.raises(ValueError, match=r"^integer targets must have shape \(N,\) = \(3,\) to match "
+                                         r"logits \(3, 4\), got \(2,\)$"):
+        L.cross_entropy(z, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"^label_smoothing must be in \[0, 1\], got -0.1$"):
+        L.cross_entropy(z, torch.tensor([0, 1, 2]), label_smoothing=-0.1)
+    with pytest.raises(TypeError, match="^bce_with_logits needs float targets in \\[0, 1\\], got dtype "
+                                        "torch.int64; use y.float\\(\\)$"):
+        L.bce_with_logits(rand(3), torch.tensor([0, 1, 1]))
+
+
+def test_other_dims_defaults_and_both_clip_ends():
+    z = rand(3, 4)
+    torch.testing.assert_close(L.log_softmax(z, dim=0), F.log_softmax(z, 0))
+    torch.testing.assert_close(L.softmax_naive(z, dim=1), torch.softmax(z, 1))
+    y = torch.rand(3, 4, generator=torch.Generator().manual_seed(5), dtype=D64)
+    torch.testing.assert_close(L.bce_with_logits_grad(z, y), L.bce_with_logits_grad(z, y, "mean"))
+    low = L.bce_probability_form(torch.tensor([-100.0]), torch.tensor([1.0]), clamp=1e-7)
+    assert torch.isfinite(low)  # sigmoid(-100) = 0 is clipped up to 1e-7 too

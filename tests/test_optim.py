@@ -284,3 +284,98 @@ def test_a_step_count_saved_as_a_number_still_counts():
     opt.load_state_dict(saved)
     opt.step()
     assert int(opt.state[p]["step"]) == 2
+
+
+NAMES = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_defaults_are_torchs(name):
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    ours, ref = getattr(optim, name)(p).defaults, getattr(torch.optim, name)(p).defaults
+    assert {k: ref[k] for k in ours} == ours
+
+
+@pytest.mark.parametrize("name,options", [
+    ("SGD", dict(lr=0.1, momentum=0.9)), ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.1)), ("RMSprop", dict(lr=0.1, momentum=0.5, centered=True)),
+    ("RMSprop", dict(lr=0.1)), ("Adam", dict(lr=0.1)), ("AdamW", dict(lr=0.1, weight_decay=0.0))])
+def test_a_zero_gradient_without_decay_moves_nothing(name, options):
+    """No gradient signal and no weight decay: every step leaves the parameters where they are
+    (and finite: eps keeps 0/0 out of the adaptive denominators)."""
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+    opt = getattr(optim, name)([p], **options)
+    for _ in range(3):
+        p.grad = torch.zeros_like(p)
+        opt.step()
+    assert torch.equal(p.detach(), torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: optim.SGD(p, lr=0.0, momentum=0.0, weight_decay=0.0),
+    lambda p: optim.RMSprop(p, alpha=0.0), lambda p: optim.RMSprop(p, alpha=1.0),
+    lambda p: optim.Adam(p, betas=(0.0, 0.0), eps=0.0), lambda p: optim.Adagrad(p, lr_decay=0.0)])
+def test_range_ends_are_accepted(make):
+    make([torch.nn.Parameter(torch.zeros(2))])
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: optim.SGD(p, lr=-1.0), r"^lr=-1.0 is out of range: it must lie in \[0.0, inf\]$"),
+    (lambda p: optim.Adam(p, betas=(0.9, 1.0)),
+     r"^betas\[1\]=1.0 is out of range: it must lie in \[0.0, 1.0\)$"),
+    (lambda p: optim.Adam(p, betas=(1.0, 0.9)), r"^betas\[0\]=1.0 is out of range"),
+    (lambda p: optim.AdamW(p, eps=-1.0), r"^eps=-1.0 is out of range"),
+    (lambda p: optim.RMSprop(p, momentum=-0.1), r"^momentum=-0.1 is out of range"),
+    (lambda p: optim.Adagrad(p, initial_accumulator_value=-1.0), r"^initial_accumulator_value=-1.0"),
+    (lambda p: optim.SGD(p, momentum=0.9, dampening=0.1, nesterov=True),
+     r"^Nesterov momentum needs momentum > 0 and dampening = 0$"),
+])
+def test_out_of_range_says_the_range(make, message):
+    with pytest.raises(ValueError, match=message):
+        make([torch.nn.Parameter(torch.zeros(2))])
+
+
+def test_effective_step_size_reads_the_parameters_own_group():
+    a = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    opt = optim.Adagrad([{"params": [a]}, {"params": [b], "lr": 0.5, "lr_decay": 1.0}], lr=0.1)
+    with pytest.raises(ValueError, match="^this parameter has not been updated yet: take a step first$"):
+        optim.effective_step_size(opt, b)
+    for _ in range(2):
+        a.grad, b.grad = torch.full_like(a, 2.0), torch.full_like(b, 2.0)
+        opt.step()
+    s = torch.full((2,), 8.0, dtype=torch.float64).sqrt() + 1e-10  # two squared gradients of 2
+    torch.testing.assert_close(optim.effective_step_size(opt, a), 0.1 / s)
+    torch.testing.assert_close(optim.effective_step_size(opt, b), 0.5 / (1 + 1.0) / s)
+    opt = optim.RMSprop([b], lr=0.2, alpha=0.5, eps=0.0)
+    b.grad = torch.full_like(b, 2.0)
+    opt.step()
+    torch.testing.assert_close(optim.effective_step_size(opt, b), torch.full_like(b, 0.2 / 2.0 ** 0.5))
+    with pytest.raises(TypeError, match="^SGD keeps no second-moment state$"):
+        sgd = optim.SGD([b], lr=0.1, momentum=0.5)
+        sgd.step()
+        optim.effective_step_size(sgd, b)
+
+
+def test_schedules_at_their_boundaries():
+    assert [optim.linear_warmup(t, 4, 1.0) for t in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert optim.cosine(0, 10, 1.0, 0.1) == 1.0 and optim.cosine(10, 10, 1.0, 0.1) == pytest.approx(0.1)
+    assert optim.cosine(25, 10, 1.0, 0.1) == pytest.approx(0.1)  # past T: stays at the minimum
+    assert optim.cosine(5, 10, 1.0) == pytest.approx(0.5) and optim.cosine(1, 1, 2.0) == 0.0
+    assert [optim.step_decay(t, 1.0, 2) for t in range(5)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    assert optim.step_decay(3, 1.0, 1, gamma=0.5) == 0.125
+    assert optim.warmup_cosine(0, 10, 0, 1.0) == 1.0 and optim.warmup_cosine(9, 10, 9, 1.0) == 1.0
+    assert optim.schedule_lambda(optim.linear_warmup, 0.2, warmup_steps=4)(1) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="^step_size must be a positive number of steps, got 0$"):
+        optim.step_decay(1, 1.0, 0)
+    with pytest.raises(ValueError, match="^total_steps must be at least 1, got 0$"):
+        optim.cosine(0, 0, 1.0)
+    with pytest.raises(ValueError, match="^need 0 <= warmup_steps < total_steps, got -1 and 10$"):
+        optim.warmup_cosine(0, 10, -1, 1.0)
+
+
+def test_sparse_gradients_are_refused():
+    emb = torch.nn.Embedding(5, 2, sparse=True)
+    emb(torch.tensor([1])).sum().backward()
+    with pytest.raises(RuntimeError, match="^Adam does not support sparse gradients; use torch.optim"):
+        optim.Adam(emb.parameters()).step()

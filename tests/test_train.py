@@ -117,6 +117,7 @@ def test_early_stopping_restores_the_best_epoch(digits):
     h = train.fit(model, tr, te, epochs=30, lr=3e-2, batch_size=32, progress=False, device="cpu",
                   early_stopping=train.EarlyStopping(patience=2))
     assert h.stopped_early and h.epochs < 30
+    assert h.epochs == h.best_epoch + 2  # patience 2: stops at the second bad epoch in a row
     assert h.best_epoch == 1 + max(range(h.epochs), key=lambda i: h.val_acc[i])
     assert train.evaluate(model, te).accuracy == pytest.approx(max(h.val_acc))
 
@@ -251,3 +252,296 @@ def test_a_checkpoint_with_other_settings_is_refused(digits, tmp_path):
     ck.write_bytes(b"not a checkpoint")
     with pytest.raises(RuntimeError, match="cannot be read.*delete it"):
         train.fit(_model(), tr, epochs=2, batch_size=64, progress=False, device="cpu", checkpoint=ck)
+
+
+@pytest.mark.parametrize("metric,worse", [("val_loss", [1.0, 1.0, 1.1, 1.2, 1.3]),
+                                          ("val_acc", [0.5, 0.5, 0.4, 0.3, 0.2])])
+def test_early_stopping_stops_after_exactly_patience_bad_epochs(metric, worse):
+    """patience=2: the second epoch in a row without improvement says stop, not the third.
+    A score equal to the best is no improvement; an improvement resets the count."""
+    net = nn.Linear(2, 1)
+    stop = train.EarlyStopping(patience=2, metric=metric)
+    verdicts = [stop.step(score, net, epoch) for epoch, score in enumerate(worse[:4], 1)]
+    assert verdicts == [False, False, True, True] and stop.bad_epochs == 3
+    assert (stop.best_epoch, stop.best_score) == (1, worse[0])
+    once = train.EarlyStopping(patience=1, metric=metric)
+    assert [once.step(s, net, e) for e, s in enumerate(worse[:2], 1)] == [False, True]
+    # an improvement in between starts the count again
+    sign = 1 if metric == "val_loss" else -1
+    scores = [1.0, 1.1, 0.9, 1.1, 1.2]
+    again = train.EarlyStopping(patience=2, metric=metric)
+    verdicts = [again.step(sign * s, net, e) for e, s in enumerate(scores, 1)]
+    assert verdicts == [False, False, False, False, True] and again.best_epoch == 3
+
+
+@pytest.mark.parametrize("metric,sign", [("val_loss", 1), ("val_acc", -1)])
+def test_early_stopping_min_delta_boundary(metric, sign):
+    """An improvement must beat the best by more than min_delta: by exactly min_delta (in
+    binary-exact numbers) it counts as no improvement."""
+    net = nn.Linear(2, 1)
+    stop = train.EarlyStopping(patience=1, metric=metric, min_delta=0.25)
+    assert not stop.step(sign * 1.0, net, 1)
+    assert stop.step(sign * 0.75, net, 2)  # better by exactly min_delta: a bad epoch
+    stop.reset()
+    assert not stop.step(sign * 1.0, net, 1)
+    assert not stop.step(sign * 0.5, net, 2) and stop.best_epoch == 2  # by more: better
+
+
+def test_history_repr_and_last():
+    h = train.History()
+    assert repr(h) == "History(epochs=0, empty)" and h.last() == {} and h.epochs == 0
+    h.train_loss += [1.0, 0.7, 0.5]
+    h.train_acc += [0.25, 0.5, 0.75]
+    assert repr(h) == "History(epochs=3, train_acc=0.7500)"
+    h.val_acc += [0.5, 0.5625, 0.625]
+    assert repr(h) == "History(epochs=3, train_acc=0.7500, val_acc=0.6250)"
+    assert h.last() == {"train_loss": "0.5000", "train_acc": "0.7500", "val_acc": "0.6250"}
+
+
+def test_evaluate_is_the_mean_over_every_batch():
+    """Several batches and a short last one: the loss is the mean over all examples (with the
+    loss function given), accuracy and confusion (rows: true class) count every prediction."""
+    ds = data.load("digits", n=50)
+    model = _model()
+    with torch.no_grad():
+        out = model(ds.x)
+    ev = train.evaluate(model, ds, batch_size=16)
+    assert ev.loss == pytest.approx(F.cross_entropy(out, ds.y).item(), rel=1e-5)
+    assert torch.equal(ev.predictions, out.argmax(1)) and torch.equal(ev.targets, ds.y)
+    assert ev.accuracy == pytest.approx((out.argmax(1) == ds.y).float().mean().item())
+    confusion = torch.zeros(10, 10, dtype=torch.long)
+    for t, p in zip(ds.y, out.argmax(1)):
+        confusion[t, p] += 1
+    assert torch.equal(ev.confusion, confusion) and ev.classes == ds.classes
+    smooth = lambda o, y, reduction: F.cross_entropy(o, y, reduction=reduction,  # noqa: E731
+                                                     label_smoothing=0.5)
+    ev_smooth = train.evaluate(model, ds, batch_size=16, loss_fn=smooth, device="cpu")
+    assert ev_smooth.loss == pytest.approx(smooth(out, ds.y, "mean").item(), rel=1e-5)
+    assert repr(ev).startswith(f"Evaluation(accuracy={ev.accuracy:.4f}, loss={ev.loss:.4f}, n=50")
+    one = train.evaluate(model, ds.subset(1))
+    assert one.loss == pytest.approx(F.cross_entropy(out[:1], ds.y[:1]).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="cannot evaluate on an empty dataset"):
+        train.evaluate(model, data.Dataset(ds.x[:0], ds.y[:0], ds.classes, "empty"))
+
+
+def test_fit_records_validation_loss_learning_rate_and_time(digits):
+    tr, te = digits
+    model = _model()
+    smooth = lambda o, y, reduction="mean": F.cross_entropy(  # noqa: E731
+        o, y, reduction=reduction, label_smoothing=0.3)
+    halve = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+        opt, lambda step: 0.5 ** (step // math.ceil(len(tr) / 100)))
+    h = train.fit(model, tr, te, epochs=2, lr=1e-3, batch_size=100, loss_fn=smooth,
+                  scheduler=halve, progress=False, device="cpu")
+    assert h.val_loss[-1] == pytest.approx(train.evaluate(model, te, loss_fn=smooth).loss, rel=1e-5)
+    assert h.lr == pytest.approx([5e-4, 2.5e-4])  # the rate at the end of each epoch
+    assert all(0 < t < 60 for t in h.epoch_time)
+    assert 0 < h.train_acc[-1] <= 1 and h.best_epoch is None and not h.stopped_early
+
+
+def test_fit_takes_an_optimizer_factory_and_rejects_anything_else(digits):
+    tr, _ = digits
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    made = []
+    frozen = lambda params: made.append(torch.optim.SGD(params, lr=0.0)) or made[-1]  # noqa: E731
+    train.fit(model, tr, epochs=1, optimizer=frozen, progress=False, device="cpu")
+    assert len(made) == 1 and made[0].param_groups[0]["params"][0] is next(model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(TypeError, match="optimizer must be None, a torch.optim.Optimizer, or a"):
+        train.fit(model, tr, epochs=1, optimizer="adam", progress=False, device="cpu")
+
+
+def test_fit_with_zero_epochs_or_one_example(digits):
+    tr, _ = digits
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    h = train.fit(model, tr, epochs=0, progress=False, device="cpu")
+    assert h.epochs == 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert train.fit(model, tr.subset(1), epochs=1, progress=False, device="cpu").epochs == 1
+    with pytest.raises(ValueError, match="epochs must be non-negative, got -1"):
+        train.fit(model, tr, epochs=-1, progress=False)
+
+
+def test_checkpoint_round_trips_every_part(tmp_path):
+    """Weights, optimizer, scheduler, history, the batch generator, the global random state and
+    early stopping all come back; parts missing on either side are skipped."""
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    sched.step()
+    sched.step()
+    gen = torch.Generator().manual_seed(7)
+    torch.rand(3, generator=gen)
+    stop = train.EarlyStopping(patience=3, metric="val_loss")
+    stop.step(0.5, net, 1)
+    stop.step(0.7, net, 2)
+    hist = train.History(train_loss=[1.0, 0.5], train_acc=[0.1, 0.2], val_loss=[0.5, 0.7],
+                         val_acc=[0.3, 0.2], epoch_time=[1.0, 1.0], lr=[0.1, 0.05], best_epoch=1)
+    ck = tmp_path / "ck.pt"
+    train.save_checkpoint(ck, net, opt, hist, scheduler=sched, generator=gen, early_stopping=stop,
+                          batch_size=8, seed=3)
+    next_global, next_gen = torch.rand(2), torch.rand(2, generator=gen)
+
+    def fresh():
+        torch.manual_seed(1)
+        n = nn.Linear(3, 2)
+        o = torch.optim.SGD(n.parameters(), lr=0.1, momentum=0.9)
+        return n, o, torch.optim.lr_scheduler.StepLR(o, step_size=1, gamma=0.5)
+
+    net2, opt2, sched2 = fresh()
+    gen2, stop2 = torch.Generator().manual_seed(0), train.EarlyStopping(patience=3, metric="val_loss")
+    h2 = train.load_checkpoint(ck, net2, opt2, scheduler=sched2, generator=gen2,
+                               early_stopping=stop2, batch_size=8, seed=3)
+    assert h2 == hist
+    assert torch.equal(torch.rand(2), next_global) and torch.equal(torch.rand(2, generator=gen2), next_gen)
+    assert sched2.last_epoch == 2 and opt2.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), net2.parameters()))
+    assert all(torch.equal(opt.state[a]["momentum_buffer"], opt2.state[b]["momentum_buffer"])
+               for a, b in zip(net.parameters(), net2.parameters()))
+    assert (stop2.best_score, stop2.best_epoch, stop2.bad_epochs) == (0.5, 1, 1)
+    assert stop2.best_state.keys() == stop.best_state.keys()
+    # a run without scheduler, generator or early stopping reads the same file
+    net3, opt3, _ = fresh()
+    assert train.load_checkpoint(ck, net3, opt3, batch_size=8, seed=3) == hist
+    # and a checkpoint written without them leaves those objects as they were
+    bare = tmp_path / "bare.pt"
+    train.save_checkpoint(bare, net, opt, hist)
+    net4, opt4, sched4 = fresh()
+    gen4, stop4 = torch.Generator().manual_seed(5), train.EarlyStopping()
+    train.load_checkpoint(bare, net4, opt4, scheduler=sched4, generator=gen4, early_stopping=stop4)
+    assert sched4.last_epoch == 0 and stop4.best_score is None
+    assert torch.equal(gen4.get_state(), torch.Generator().manual_seed(5).get_state())
+    with pytest.raises(ValueError, match=r"written with \{'batch_size': 8, 'seed': 3\}, not "
+                                         r"\{'batch_size': 4, 'seed': 3\}; delete it or pass the same"):
+        train.load_checkpoint(ck, net4, opt4, batch_size=4, seed=3)
+
+
+def test_fit_defaults_are_adam_1e3_batches_of_64_seed_0(digits):
+    tr, _ = digits
+    a, b = _model(), _model()
+    train.fit(a, tr, epochs=1, progress=False, device="cpu")
+    train.fit(b, tr, epochs=1, optimizer=lambda ps: torch.optim.Adam(ps, lr=1e-3), batch_size=64,
+              seed=0, progress=False, device="cpu")
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def test_fit_uses_the_device_it_is_given(digits, monkeypatch):
+    """device="cpu" wins over FMLAB_DEVICE (here a device this machine may lack)."""
+    tr, te = digits
+    monkeypatch.setenv("FMLAB_DEVICE", "meta")
+    model = _model()
+    h = train.fit(model, tr.subset(64), te.subset(32), epochs=1, progress=False, device="cpu")
+    assert h.epochs == 1 and next(model.parameters()).device.type == "cpu"
+
+
+def test_amp_is_bfloat16_on_cuda_only(digits):
+    """On the CPU amp=True changes nothing: autocast is for CUDA."""
+    tr, _ = digits
+    a, b = _model(), _model()
+    train.fit(a, tr.subset(128), epochs=1, amp=True, progress=False, device="cpu")
+    train.fit(b, tr.subset(128), epochs=1, amp=False, progress=False, device="cpu")
+    assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters()))
+
+
+def test_nan_in_a_later_epoch_names_that_epoch(digits):
+    tr, _ = digits
+    steps = math.ceil(len(tr) / 100)
+
+    def poisoned(model, xb, yb):
+        poisoned.calls += 1
+        return xb * float("nan") if poisoned.calls == steps + 2 else xb
+
+    poisoned.calls = 0
+    with pytest.raises(train.NonFiniteLossError, match="at epoch 2, step 2\\. Try a smaller"):
+        train.fit(_model(), tr, epochs=2, batch_size=100, progress=False, device="cpu",
+                  batch_transform=poisoned)
+
+
+def test_resume_keeps_early_stopping_state(digits, tmp_path):
+    """A run resumed from its checkpoint remembers the best epoch it had seen, so it still
+    ends with the best weights (the last epochs are made bad by a huge learning rate)."""
+    tr, te = digits
+    steps = math.ceil(len(tr) / 64)
+    blow_up = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+        opt, lambda step: 1.0 if step < 2 * steps else 5e4)
+    run = dict(epochs=4, lr=3e-3, batch_size=64, scheduler=blow_up, progress=False, device="cpu")
+    ref = _model()
+    h_ref = train.fit(ref, tr, te, early_stopping=train.EarlyStopping(patience=5), **run)
+    ck = tmp_path / "es.pt"
+    first = _model()
+    train.fit(first, tr, te, early_stopping=train.EarlyStopping(patience=5), checkpoint=ck,
+              **dict(run, epochs=2))
+    resumed, stop = _model(seed=9), train.EarlyStopping(patience=5)
+    h = train.fit(resumed, tr, te, early_stopping=stop, checkpoint=ck, **run)
+    assert h.best_epoch == h_ref.best_epoch <= 2 and stop.best_epoch == h_ref.best_epoch
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), resumed.parameters()))
+
+
+def test_fit_argument_errors_say_exactly_what(digits, tmp_path):
+    tr, te = digits
+    with pytest.raises(ValueError, match="^early stopping watches a validation metric: pass val=...$"):
+        train.fit(_model(), tr, epochs=1, early_stopping=train.EarlyStopping(), progress=False)
+    with pytest.raises(ValueError, match="^the training set is empty$"):
+        train.fit(_model(), data.Dataset(tr.x[:0], tr.y[:0], tr.classes, "e"), epochs=1)
+    with pytest.raises(ValueError, match="^early stopping watches 'val_acc' or 'val_loss', not 'acc'$"):
+        train.EarlyStopping(metric="acc")
+    with pytest.raises(ValueError, match="^train_one_epoch got no batches: pass a non-empty list"):
+        train.train_one_epoch(_model(), [], torch.optim.SGD(_model().parameters(), lr=0.1),
+                              F.cross_entropy)
+    ck = tmp_path / "seed.pt"
+    train.fit(_model(), tr.subset(64), epochs=1, progress=False, device="cpu", checkpoint=ck, seed=1)
+    with pytest.raises(ValueError, match="'seed': 1}, not {'batch_size': 64, 'seed': 2}"):
+        train.fit(_model(), tr.subset(64), epochs=2, progress=False, device="cpu", checkpoint=ck, seed=2)
+
+
+def test_train_one_epoch_hands_the_transform_model_and_labels_and_autocasts():
+    torch.manual_seed(0)
+    model, x, y = nn.Linear(4, 3), torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    seen = []
+
+    def transform(m, xb, yb):
+        seen.append((m, yb))
+        return xb
+
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    train.train_one_epoch(model, [(x, y)], sgd, F.cross_entropy, batch_transform=transform)
+    assert seen[0][0] is model and torch.equal(seen[0][1], y)
+    dtypes = []
+    model.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    train.train_one_epoch(model, [(x, y)], sgd, F.cross_entropy, autocast=torch.bfloat16)
+    train.train_one_epoch(model, [(x, y)], sgd, F.cross_entropy)
+    assert dtypes == [torch.bfloat16, torch.float32]  # autocast works on the CPU too
+    with pytest.raises(train.NonFiniteLossError, match="at epoch 1, step 1"):  # the default epoch
+        train.train_one_epoch(model, [(x * float("inf"), y)], sgd, F.cross_entropy)
+
+
+def test_losses_and_hits_over_several_finiteness_windows():
+    """More batches than one window (train.CHECK_EVERY): every window's hits are counted, the
+    mean loss is over all batches (also when the last window is exactly full), and a bad loss
+    in a later epoch's first window names that epoch and step."""
+    torch.manual_seed(0)
+    model, sgd = nn.Linear(4, 3), None
+    x, y = torch.randn(8 * 2 * train.CHECK_EVERY, 4), torch.randint(0, 3, (8 * 2 * train.CHECK_EVERY,))
+    sgd = torch.optim.SGD(model.parameters(), lr=0.0)  # no update: every batch sees the same model
+    for n_batches in (2 * train.CHECK_EVERY, train.CHECK_EVERY + 5):
+        epoch = [(x[i * 8:(i + 1) * 8], y[i * 8:(i + 1) * 8]) for i in range(n_batches)]
+        correct = torch.zeros((), dtype=torch.long)
+        got = train.train_one_epoch(model, epoch, sgd, F.cross_entropy, correct=correct)
+        with torch.no_grad():
+            out = model(x[:8 * n_batches])
+        assert got == pytest.approx(F.cross_entropy(out, y[:8 * n_batches]).item(), rel=1e-5)
+        assert int(correct) == int((out.argmax(1) == y[:8 * n_batches]).sum())
+    bad = [(x[:8], y[:8])] * (train.CHECK_EVERY + 5)
+    bad[train.CHECK_EVERY - 3] = (x[:8] * float("nan"), y[:8])
+    with pytest.raises(train.NonFiniteLossError, match=f"at epoch 3, step {train.CHECK_EVERY - 2}\\."):
+        train.train_one_epoch(model, bad, sgd, F.cross_entropy, epoch=3)
+
+
+def test_fit_without_a_device_uses_the_default_device(digits, monkeypatch):
+    tr, _ = digits
+    monkeypatch.setenv("FMLAB_DEVICE", "cpu")
+    assert train.fit(_model(), tr.subset(32), epochs=1, progress=False).epochs == 1
