@@ -44,8 +44,9 @@ vendor:
 # Two workers, one thread each (tests/conftest.py limits torch, nbval's kernels and the tests'
 # subprocesses to one thread under xdist); --dist loadfile keeps each file, and so each
 # notebook's cells, on one worker.
+# --durations lists the slowest tests, so a chapter or test that creeps past its budget shows.
 test: install
-	FMLAB_PROFILE=quick $(PY) -m pytest -n 2 --dist loadfile
+	FMLAB_PROFILE=quick $(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 # The fit-vs-loop benchmark (fmlab bench train); on a shared machine add OMP_NUM_THREADS=1.
 bench: install
