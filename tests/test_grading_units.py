@@ -253,3 +253,34 @@ def test_runtime_thread_default(monkeypatch):
         assert runtime.set_threads() == 3 and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_seeded_draws_do_not_mix_between_threads():
+    """Under --jobs the parent prepares and grades submissions in threads; each thread's
+    seeded block must draw the same numbers as it does alone (a reference model built in one
+    thread once drew its bias from another thread's seed, and the master lost points)."""
+    import threading
+    import time
+
+    from fmlab.grading.spec import seeded
+
+    def draws():
+        out = []
+        with seeded():
+            for _ in range(20):
+                out.append(torch.rand(4))
+                time.sleep(0.001)  # let another thread run between two draws
+        return torch.cat(out)
+
+    alone = draws()
+    got = [None] * 4
+
+    def work(i):
+        got[i] = draws()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(g, alone) for g in got)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -92,17 +93,25 @@ class Question:
 CASE_SEED = 0
 
 
+_SEEDED_LOCK = threading.RLock()
+
+
 class seeded:
     """``with seeded():`` runs a case's ``run`` or ``grade`` from the same random state on both
     sides (torch, NumPy, ``random`` seeded with :data:`CASE_SEED`), whatever ran before it, and
     restores the caller's random state afterwards. So dropout masks or random starts drawn in
-    ``run`` (child) and in ``grade`` (parent) agree when both draw in the same order."""
+    ``run`` (child) and in ``grade`` (parent) agree when both draw in the same order.
+
+    The random generators are the process's own, so one thread at a time holds them: under
+    ``--jobs`` the parent prepares and grades several submissions in threads, and one thread's
+    draws must not land in another's stream (a reference model built from another case's seed)."""
 
     def __enter__(self):
         import random
 
         import numpy as np
 
+        _SEEDED_LOCK.acquire()
         self._states = (torch.random.get_rng_state(), np.random.get_state(), random.getstate())
         torch.manual_seed(CASE_SEED)
         np.random.seed(CASE_SEED)
@@ -114,9 +123,12 @@ class seeded:
         import numpy as np
 
         torch_state, np_state, py_state = self._states
-        torch.random.set_rng_state(torch_state)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
+        try:
+            torch.random.set_rng_state(torch_state)
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        finally:
+            _SEEDED_LOCK.release()
 
 
 def case_name(case: dict, index: int) -> str:
