@@ -215,8 +215,9 @@ def prune_filters(model: nn.Module, amount: float, example: torch.Tensor) -> nn.
     """
     if not 0.0 <= amount < 1.0:
         raise ValueError(f"amount must be in [0, 1), got {amount}")
-    was_training = model.training
-    model = make_permanent(copy.deepcopy(model)).eval()
+    model = make_permanent(copy.deepcopy(model))
+    modes = {name: m.training for name, m in model.named_modules()}  # restored at the end
+    model.eval()
     leaves = _leaves(model)
     if not _is_chain(model, leaves, example):
         raise ValueError("prune_filters handles models that are a chain of layers; this one has "
@@ -239,7 +240,11 @@ def prune_filters(model: nn.Module, amount: float, example: torch.Tensor) -> nn.
             _set(model, name, new)
             leaves[i] = (name, new)
             _shrink_inputs_after(model, leaves, i, chosen[name], conv.out_channels, shapes)
-    return model.train(was_training)  # new layers take the mode of the model given
+    # each submodule gets its own mode back (a frozen batch norm stays in eval mode); a new
+    # layer takes the mode of the layer it replaces
+    for name, m in model.named_modules():
+        m.training = modes.get(name, modes[""])
+    return model
 
 
 def _conv_keeping(conv: nn.Conv2d, keep: torch.Tensor) -> nn.Conv2d:

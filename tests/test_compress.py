@@ -162,6 +162,19 @@ def test_prune_filters_slices_batch_norm_like_torch_pruning():
     assert ours[5].num_features == 6 and ours[9].in_features == 6 * 12 * 12
 
 
+def test_prune_filters_keeps_each_submodules_mode():
+    """A model in train mode with a frozen batch norm: the pruned copy (its batch norm replaced
+    by a smaller one) has the same modes, and the model given is left as it was."""
+    chain = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 28 * 28, 10)).train()
+    chain[1].eval()
+    before = [m.training for m in chain.modules()]
+    pruned = C.prune_filters(chain, 0.5, torch.rand(2, 1, 28, 28))
+    assert [m.training for m in pruned.modules()] == before
+    assert [m.training for m in chain.modules()] == before
+    assert pruned[1].num_features == 4
+
+
 def test_prune_filters_keeps_the_largest_filters_and_refuses_branches():
     model = _model(models.TwoConvNet).eval()
     norms = model.features[0].weight.abs().sum((1, 2, 3))
