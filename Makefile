@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # The exact versions CI tests with; pyproject.toml keeps open ranges for Colab.
 PINS   := torch==2.14.1 torchvision==0.29.1 torchao==0.18.0
 
-.PHONY: book test install bench clean students sync-install-cells vendor mutation
+.PHONY: book test install lab bench clean students sync-install-cells vendor mutation
 
 install: $(VENV)/.installed
 
@@ -16,12 +16,28 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet $(PINS) -e ".[book,test]"
 	touch $@
 
+# JupyterLab on this checkout (the lab extra), for students working locally: open a lab from
+# labs/student/ (or a chapter from book/). LAB_ARGS passes options, e.g. LAB_ARGS=--no-browser.
+lab: install $(VENV)/.lab-installed
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+$(VENV)/.lab-installed: pyproject.toml
+	$(PY) -m pip install --quiet -e ".[lab]"
+	touch $@
+
 # The lab pages show the committed student notebooks in labs/student/ (their Colab buttons open
 # them). The build first checks that they and every install cell are current (it rewrites
 # nothing); `make students` or `make sync-install-cells` rewrites them.
+#
+# Chapters execute only when their code (or fmlab, or the build's settings) changed since the
+# last build: the execution cache in _build/.jupyter_cache (tools/exec_cache.py). The ones the
+# cache lacks run before Sphinx, one per core at a time; a failing cell stops the build.
 book: install
 	$(PY) tools/course_home.py --check
+	FMLAB_PROFILE=quick $(PY) tools/exec_cache.py check
+	FMLAB_PROFILE=quick $(PY) tools/exec_cache.py execute
 	FMLAB_PROFILE=quick $(VENV)/bin/jupyter-book build . -W -n --keep-going
+	FMLAB_PROFILE=quick $(PY) tools/exec_cache.py report
 	@echo "The website is in _build/html/index.html"
 
 students: install

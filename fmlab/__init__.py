@@ -2,7 +2,7 @@
 
 Each module holds one concern; the chapters in ``book/`` import from it.
 """
-from .runtime import device, profile, seed_everything
+from .runtime import base_seed, device, profile, seed_everything
 
 __version__ = "0.1.0"
-__all__ = ["device", "profile", "seed_everything"]
+__all__ = ["base_seed", "device", "profile", "seed_everything"]

@@ -63,6 +63,22 @@ def seed_everything(seed: int = 0, deterministic: bool = True) -> torch.Generato
     return torch.Generator().manual_seed(seed)
 
 
+SEED_ENV = "FMLAB_SEED"
+
+
+def base_seed() -> int:
+    """The chapter's base seed: ``$FMLAB_SEED``, default 0.
+
+    A chapter derives every seed it uses from it (``base_seed() + k``), so that
+    ``benchmarks/seeds.py`` can rerun it under other seeds and measure how much its asserted
+    numbers move.
+    """
+    raw = os.environ.get(SEED_ENV, "").strip() or "0"
+    if not raw.lstrip("-").isdigit():
+        raise ValueError(f"{SEED_ENV}={raw!r}: give a whole number (or unset it for seed 0)")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class Profile:
     """Sizes shared by all chapters for one profile.

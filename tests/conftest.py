@@ -23,3 +23,41 @@ def tmp_data_dir(tmp_path, monkeypatch):
     """An empty FMLAB_DATA, so tests never touch the user's cache."""
     monkeypatch.setenv("FMLAB_DATA", str(tmp_path / "data"))
     return tmp_path / "data"
+
+
+# A chapter or lab that creeps past its budget (DESIGN.md: 90 s in the quick profile) shows at
+# the end of every run: each notebook's execution time under nbval (its cells, setup included)
+# and in its full-profile smoke run, summed from pytest's own reports.
+NOTEBOOK_BUDGET_S = 90
+
+
+def _notebook_times(reporter) -> tuple[dict[str, float], dict[str, float]]:
+    nbval, smoke = {}, {}
+    for reports in reporter.stats.values():
+        for r in reports:
+            nodeid, duration = getattr(r, "nodeid", ""), getattr(r, "duration", None)
+            if duration is None or ".ipynb" not in nodeid:
+                continue
+            if nodeid.startswith(("book/", "labs/")) and "::" in nodeid:
+                path = nodeid.split("::")[0]
+                nbval[path] = nbval.get(path, 0.0) + duration
+            elif "test_full_profile_smoke_run" in nodeid and "[" in nodeid:
+                path = nodeid.split("[", 1)[1].rstrip("]")
+                smoke[path] = smoke.get(path, 0.0) + duration
+    return nbval, smoke
+
+
+def pytest_terminal_summary(terminalreporter):
+    nbval, smoke = _notebook_times(terminalreporter)
+    if not nbval and not smoke:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("notebook execution times (s)")
+    write(f"{'notebook':40} {'quick (nbval)':>14} {'full, smoke':>12}")
+    for path in sorted(set(nbval) | set(smoke)):
+        q, s = nbval.get(path), smoke.get(path)
+        over = "  over the budget" if q is not None and q > NOTEBOOK_BUDGET_S else ""
+        write(f"{path:40} {'—' if q is None else f'{q:.0f}':>14} "
+              f"{'—' if s is None else f'{s:.0f}':>12}{over}")
+    write(f"budget: {NOTEBOOK_BUDGET_S} s a chapter in the quick profile (DESIGN.md); two "
+          "workers share the cores, so these times include waiting for the other")
