@@ -215,6 +215,22 @@ def test_forbid_wildcards_and_checks_are_validated(tmp_path):
         load_questions(bad)
 
 
+def test_a_forbidden_library_that_is_not_installed_forbids_nothing(tmp_path):
+    """Colab's bare install has no torchattacks or peft: the labs that forbid them still load
+    (a student cannot call what is not there), and the other names stay forbidden."""
+    from fmlab.grading.forbid import expand
+    from fmlab.grading.spec import load_questions
+
+    assert expand(["not_installed_anywhere.*", "not_installed_anywhere.attack",
+                   "torch.softmax"]) == ["torch.softmax"]
+    lab = tmp_path / "lab.py"
+    lab.write_text("from fmlab.grading import Question, Result\n"
+                   "QUESTIONS = [Question('q1', 1, 't', ('f',), lambda ns, c: 0, "
+                   "lambda c, g: Result.ok(), lambda: [{}], "
+                   "forbid=('not_installed_anywhere.*', 'torch.softmax'))]\n")
+    assert [q.id for q in load_questions(lab)] == ["q1"]
+
+
 def test_grade_many_leaves_the_callers_limits_alone():
     from fmlab.grading.grader import grade_many
     from fmlab.grading.runner import Limits

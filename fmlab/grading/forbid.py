@@ -21,7 +21,10 @@ Everything is restored when the case ends. :func:`static_problems` adds a check 
 call: an answer that *is* a forbidden object, a subclass of one, or whose code names one.
 
 A name ending in ``.*`` stands for every public function and class a module defines
-(``"fmlab.losses.*"``, ``"torchattacks.*"``); :func:`expand` lists them.
+(``"fmlab.losses.*"``, ``"torchattacks.*"``); :func:`expand` lists them. A name whose top-level
+package is not installed forbids nothing (a student cannot call what is not there), so a lab
+may forbid an optional library and still load in Colab's bare install; a name inside an
+installed package that does not exist is an error in the checks file.
 Deliberate obfuscation (rebuilding a function from its bytecode, leaving the torch-function
 mode by hand) is not prevented; code review catches it.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 import builtins
 import dis
 import importlib
+import importlib.util
 import inspect
 import types
 from typing import Iterable
@@ -64,15 +68,29 @@ def resolve(name: str) -> object:
     raise LookupError(f"{name!r}: no importable module at its start")
 
 
+def installed(name: str) -> bool:
+    """Whether the top-level package of the dotted ``name`` can be imported.
+
+    >>> installed("torch.nn.functional.softmax"), installed("no_such_package_here.f")
+    (True, False)
+    """
+    return importlib.util.find_spec(name.split(".")[0]) is not None
+
+
 def expand(names: Iterable[str]) -> list[str]:
     """``names`` with each ``"module.*"`` replaced by the public functions and classes that
-    the module (or a submodule of it) defines; a name that does not exist raises LookupError.
+    the module (or a submodule of it) defines, and names from packages that are not installed
+    left out; a name that does not exist in an installed package raises LookupError.
 
     >>> "fmlab.losses.softmax" in expand(["fmlab.losses.*"])
     True
+    >>> expand(["no_such_package_here.*", "torch.softmax"])
+    ['torch.softmax']
     """
     out: list[str] = []
     for name in names:
+        if not installed(name):
+            continue
         if not name.endswith(".*"):
             resolve(name)
             out.append(name)

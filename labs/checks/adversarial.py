@@ -23,7 +23,9 @@ from fmlab.grading import Question, Result, expect_state_dict
 from fmlab.grading.trained import (load_into_reference, score_between, train_in_child,
                                    training_images)
 
-MODULES = ("torchattacks",)  # imported in the grading child before the student's code runs
+# Imported in the grading child before the student's code runs; where torchattacks is not
+# installed (Colab's bare install of fmlab) the child skips it and forbid skips its names.
+MODULES = ("torchattacks",)
 
 # q4: the threat model and the grader's attack.
 Q4_EPS = 0.1

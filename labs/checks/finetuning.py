@@ -25,9 +25,10 @@ from fmlab.grading.trained import score_between
 
 HAVE_PEFT = importlib.util.find_spec("peft") is not None
 # Imported by the grading child before its sandbox closes, so that switching peft's layers
-# off (forbid=) does not have to import it later.
-MODULES = ("peft",) if HAVE_PEFT else ()
-PEFT_LAYERS = ("peft.tuners.lora.layer.Linear", "peft.tuners.lora.layer.LoraLayer") if HAVE_PEFT else ()
+# off (forbid=) does not have to import it later. Where peft is not installed (Colab's bare
+# install of fmlab) the child skips the import and the forbid list skips its names.
+MODULES = ("peft",)
+PEFT_LAYERS = ("peft.tuners.lora.layer.Linear", "peft.tuners.lora.layer.LoraLayer")
 
 
 def _randn(g, *shape, dtype=torch.float32, scale=1.0):
