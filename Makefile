@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # The exact versions CI tests with; pyproject.toml keeps open ranges for Colab.
 PINS   := torch==2.14.1 torchvision==0.29.1 torchao==0.18.0
 
-.PHONY: book test install lab bench clean students sync-install-cells vendor mutation
+.PHONY: book test install lab gpu bench clean students sync-install-cells vendor mutation
 
 install: $(VENV)/.installed
 
@@ -63,6 +63,13 @@ vendor:
 # --durations lists the slowest tests, so a chapter or test that creeps past its budget shows.
 test: install
 	FMLAB_PROFILE=quick $(PY) -m pytest -n 2 --dist loadfile --durations=15
+
+# Every chapter and master lab in the full profile on this machine's GPU, with each notebook's
+# time, the device and the recorded numbers beside the quick profile's (last make book) in
+# benchmarks/RESULTS_gpu.md. On a CPU it refuses; `benchmarks/full_profile.py --smoke` runs
+# the smoke size there.
+gpu: install
+	$(PY) benchmarks/full_profile.py
 
 # The fit-vs-loop benchmark (fmlab bench train); on a shared machine add OMP_NUM_THREADS=1.
 bench: install
