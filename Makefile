@@ -55,7 +55,9 @@ vendor:
 	tar xzf $$tmp/jupyter-widgets-html-manager-1.0.15.tgz -C $$tmp/w && \
 	tar xzf $$tmp/requirejs-2.3.8.tgz -C $$tmp/r && \
 	cp $$tmp/w/package/dist/embed-amd.js $$tmp/r/package/require.js . && \
-	cp $$tmp/w/package/dist/embed.js.LICENSE.txt embed-amd.js.LICENSE.txt && rm -rf $$tmp
+	cp $$tmp/w/package/dist/embed.js.LICENSE.txt embed-amd.js.LICENSE.txt && \
+	cp $$tmp/w/package/dist/*.woff2 $$tmp/w/package/dist/*.woff \
+	   ../_widget_fonts/book/@jupyter-widgets/html-manager/dist/ && rm -rf $$tmp
 
 # Two workers, one thread each (tests/conftest.py limits torch, nbval's kernels and the tests'
 # subprocesses to one thread under xdist); --dist loadfile keeps each file, and so each

@@ -256,7 +256,8 @@ def test_results_and_widgets_in_an_executed_build(tmp_path):
     pastes recorded numbers from another notebook, and widgets use the local scripts."""
     src = tmp_path / "src"
     (src / "book").mkdir(parents=True)
-    shutil.copytree(ROOT / "book" / "_assets", src / "book" / "_assets")
+    for assets in ("_assets", "_widget_fonts"):
+        shutil.copytree(ROOT / "book" / assets, src / "book" / assets)
     shutil.copy(ROOT / "book" / "references.bib", src / "book")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Demo")] + [
         nbformat.v4.new_code_cell(s) for s in DEMO_CHAPTER])
