@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -219,3 +221,19 @@ def test_seed_defaults_and_thread_counts(monkeypatch):
     assert np.random.rand() != b
     monkeypatch.setenv("FMLAB_THREADS", "1")
     assert runtime.default_threads() == 1
+
+
+def test_importing_fmlab_leaves_torchs_threads_alone():
+    """A student's laptop or Colab keeps torch's default (every core); the grader, the tests
+    and the book build choose their thread counts themselves."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "FMLAB_THREADS")}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch; before = torch.get_num_threads(); import fmlab; "
+         "print(before, torch.get_num_threads())"],
+        capture_output=True, text=True, env=env, check=True)
+    before, after = probe.stdout.split()
+    assert before == after, probe.stdout
