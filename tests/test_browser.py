@@ -11,6 +11,11 @@ bibliography. It is served on 127.0.0.1 and each page is loaded headless. For ea
 - the lab page's Colab button opens the student notebook in the configured repository;
 - the "Try it" page's widget snapshot renders as a slider.
 
+Then JupyterLab, as a student meets it after `make lab`: a student lab run cell by cell to its
+first ``check("q1")`` shows "not implemented yet"; a "Try it" cell made like the chapters'
+(a slider through ``ipywidgets.interactive``; the chapters' own need their models trained
+first) is run, its slider moved with the keyboard, and its printed output and figure redrawn.
+
 A screenshot of each page is saved in the test's temporary folder; a failure names the page.
 Without Chromium or Playwright the tests are skipped with one line that says how to get them.
 """
@@ -188,4 +193,105 @@ def test_the_try_it_widget_snapshot_renders(browser, site):
     label = page.inner_text(".widget-slider, .widget-hslider")
     assert "eps" in label, f"book/08_try_it.html: the slider reads {label!r} (see {shot})"
     assert not errors, errors
+    page.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# A student in JupyterLab: open a student lab, run it to its first check, read the message;
+# then run a "Try it" cell made like the chapters' and move its slider.
+
+@pytest.fixture(scope="module")
+def jupyterlab(tmp_path_factory):
+    """JupyterLab on 127.0.0.1 with a token, over a copy of the student lab (so that nothing
+    it saves touches the checkout): (base URL, token)."""
+    _sync_playwright()
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    if not (Path(sys.executable).parent / "jupyter-lab").exists():
+        pytest.skip("JupyterLab is not installed: `make lab` (or pip install -e .[lab]) "
+                    "installs it")
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copy(ROOT / "labs" / "student" / "02_losses.ipynb", root)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in TRY_IT])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, root / "try_it.ipynb")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "fmlab-test"
+    args = [str(Path(sys.executable).parent / "jupyter-lab"), "--no-browser",
+            f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+            "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if os.geteuid() == 0:
+        args.append("--allow-root")
+    env = {**os.environ, "FMLAB_PROFILE": "quick", "JUPYTER_CONFIG_DIR": str(root / ".cfg")}
+    server = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail("JupyterLab did not start within a minute")
+    yield base, token
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def open_notebook(browser, jupyterlab, name: str):
+    base, token = jupyterlab
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    # a workspace of its own, reset: only this notebook is open
+    page.goto(f"{base}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={token}",
+              wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    # the kernel is ready when the status says Idle
+    page.wait_for_function("() => document.body.innerText.includes('Idle')", timeout=60_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell >> nth=0 >> .jp-InputArea-editor",
+                           state="visible", timeout=60_000)
+    page.click(".jp-Notebook .jp-Cell >> nth=0 >> .jp-InputArea-editor")
+    page.keyboard.press("Escape")  # command mode, on the first cell
+    return page
+
+
+def test_a_student_lab_in_jupyterlab_says_not_implemented_yet(browser, jupyterlab, tmp_path):
+    cells = nbformat.read(ROOT / "labs" / "student" / "02_losses.ipynb", as_version=4).cells
+    first = next(i for i, c in enumerate(cells)
+                 if c.cell_type == "code" and re.search(r"^check\(", c.source, re.M))
+    page = open_notebook(browser, jupyterlab, "02_losses.ipynb")
+    for _ in range(first + 1):  # run each cell down to the first check, as a student does
+        page.keyboard.press("Shift+Enter")
+    page.wait_for_selector(f".jp-Cell >> nth={first} >> .jp-OutputArea-output",
+                           timeout=120_000)
+    out = page.inner_text(f".jp-Cell >> nth={first} >> .jp-OutputArea")
+    page.screenshot(path=str(tmp_path / "lab.png"))
+    assert "not implemented yet" in out, (out, tmp_path / "lab.png")
+    page.close()
+
+
+def test_a_try_it_slider_in_jupyterlab_redraws_its_output(browser, jupyterlab, tmp_path):
+    page = open_notebook(browser, jupyterlab, "try_it.ipynb")
+    for _ in range(len(TRY_IT)):
+        page.keyboard.press("Shift+Enter")
+    try:
+        handle = page.wait_for_selector(".widget-slider .noUi-handle, .widget-hslider "
+                                        ".ui-slider-handle", timeout=120_000)
+    finally:
+        page.screenshot(path=str(tmp_path / "try_it.png"))
+    page.wait_for_selector("text=eps = 0.10", timeout=60_000)
+    images = page.locator(".jp-OutputArea img").count()
+    handle.focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_selector("text=eps = 0.15", timeout=60_000)
+    page.screenshot(path=str(tmp_path / "try_it.png"))
+    assert page.locator(".jp-OutputArea img").count() >= images >= 1, tmp_path / "try_it.png"
     page.close()
