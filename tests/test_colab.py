@@ -12,7 +12,8 @@ What Colab gives a notebook, as far as this machine can reproduce it:
   (``git+file://...``), the way Colab installs ``git+https://github.com/...``.
 
 Then a chapter's first cells run, a student lab runs up to its first ``check(...)``, which must
-say "not implemented yet" rather than crash, and the master lab runs with every check passing.
+say "not implemented yet" rather than crash, every lab's public checks load (a lab may forbid
+a library the bare install lacks), and every master lab runs with every check passing.
 It needs git and a package index; without git it is skipped and says why.
 """
 import os
@@ -36,6 +37,7 @@ import course_home  # noqa: E402
 PREINSTALLED = ["torch", "torchvision", "numpy", "ipykernel"]
 CHAPTER, CHAPTER_CELLS = "book/01_training_cnn.ipynb", 4  # install, imports, data, a check
 LAB = "02_losses"
+MASTERS = sorted(p.stem for p in (ROOT / "labs").glob("*.ipynb"))
 KERNEL = "colab-standin"
 STUB = '"""Stand-in for Colab\'s google.colab: its presence is what notebooks test for."""\n'
 
@@ -182,8 +184,31 @@ def test_a_student_lab_runs_to_its_first_check(colab):
     assert "not implemented yet" in out and "0/" in out, out
 
 
-def test_the_master_lab_passes_its_checks(colab):
-    cells = execute(colab, code_cells(ROOT / "labs" / f"{LAB}.ipynb"), "master lab")
+def test_every_labs_checks_load_in_the_bare_install(colab):
+    """What ``check()`` and the Classroom workflow load first: each lab's public checks, with
+    only fmlab's own dependencies installed (no torchattacks, peft or torch-pruning)."""
+    probe = nbformat.v4.new_code_cell(
+        "import importlib.util, pkgutil\n"
+        "import fmlab.checks\n"
+        "from fmlab.grading.spec import load_questions\n"
+        "missing = [m for m in ('torchattacks', 'peft', 'torch_pruning')\n"
+        "           if importlib.util.find_spec(m) is None]\n"
+        "for info in pkgutil.iter_modules(fmlab.checks.__path__):\n"
+        "    path = f'{fmlab.checks.__path__[0]}/{info.name}.py'\n"
+        "    print(info.name, [q.id for q in load_questions(path)])\n"
+        "print('not installed:', missing)")
+    cells = execute(colab, [nbformat.v4.new_code_cell(course_home.install_cell()), probe],
+                    "every lab's checks")
+    out = text(cells[-1])
+    assert "not installed: ['torchattacks', 'peft', 'torch_pruning']" in out, out
+    for lab in MASTERS:
+        name = lab.split("_", 1)[1]
+        assert re.search(rf"^\w*{name[:5]}\w* \['q1'", out, re.M), (lab, out)
+
+
+@pytest.mark.parametrize("lab", MASTERS)
+def test_the_master_lab_passes_its_checks(colab, lab):
+    cells = execute(colab, code_cells(ROOT / "labs" / f"{lab}.ipynb"), f"master lab {lab}")
     reports = [text(c) for c in cells if re.search(r"^check\(", c.source, re.M)]
     assert reports, "the master lab has no check() cell"
     for out in reports:

@@ -1,6 +1,7 @@
 """Notebooks are stored clean and follow the conventions nbval, Colab and the website need.
 
-nbval itself executes every notebook (pytest collects book/ and labs/ with --nbval-lax);
+nbval itself executes every chapter (pytest collects book/ with --nbval-lax); the master labs
+run in tests/test_colab.py, in Colab's bare install, with their checks required to pass;
 labs/student/ holds the generated student versions, checked here and never executed.
 """
 import sys
