@@ -1,12 +1,14 @@
-"""Every chapter and lab runs to the end in the full profile, where the full datasets cannot
-be had, with a token amount of work.
+"""Every chapter runs to the end in the full profile, where the full datasets cannot be had,
+with a token amount of work.
 
 The notebooks run with ``FMLAB_PROFILE=full FMLAB_SMOKE=1 FMLAB_DEVICE=cpu`` (the full
 profile's code paths and sizes, each size table's ``"smoke"`` entry laid over them), with
 ``FMLAB_OFFLINE=1`` and an empty ``FMLAB_DATA`` so that no dataset is cached and none may be
 downloaded: ``fmlab.data.load`` must fall back to the embedded images, and every size that
-depends on the data must fit them. The notebooks are discovered by glob, so a new chapter or lab
-is covered as soon as it exists.
+depends on the data must fit them. The notebooks are discovered by glob, so a new chapter is
+covered as soon as it exists. The labs size nothing by profile (their checks fix their cases
+and read the embedded images), so their full-profile run would repeat their quick one, which
+tests/test_colab.py makes in Colab's bare install.
 """
 from __future__ import annotations
 
@@ -21,7 +23,17 @@ import fmlab
 from fmlab.results import quoted
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted(ROOT.glob("book/*.ipynb")) + sorted(ROOT.glob("labs/*.ipynb"))
+NOTEBOOKS = sorted(ROOT.glob("book/*.ipynb"))
+
+
+def test_no_lab_sizes_itself_by_profile():
+    """What makes the labs' full-profile run a repetition: no master lab reads the profile."""
+    for lab in sorted(ROOT.glob("labs/*.ipynb")):
+        code = "\n".join(c.source for c in nbformat.read(lab, as_version=4).cells
+                         if c.cell_type == "code")
+        assert "profile(" not in code and "SIZES" not in code, (
+            f"{lab.name} sizes itself by profile: run it in "
+            "test_full_profile_smoke_run_without_the_full_datasets too")
 FALLBACK_NOTICE = "Using the bundled 5,000-image subset"
 
 
