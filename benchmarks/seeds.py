@@ -308,6 +308,7 @@ def main() -> None:
             done.setdefault(nb, []).append(r)
     for nb, runs in done.items():
         text = report(nb, runs, profile)
+        args.out.mkdir(parents=True, exist_ok=True)
         out = args.out / f"seeds_{nb.stem}.md"
         out.write_text(text)
         print(f"written to {out}", file=sys.stderr)
