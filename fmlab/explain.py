@@ -29,21 +29,25 @@ from .adversarial import eval_mode
 # test images the ground-truth table scores; ``n_curve``, ``n_shortcut``, ``n_sanity``: the
 # images of the deletion/insertion curves, the shortcut's maps and the randomisation tests;
 # ``shuffled_*``: the models that memorise shuffled labels; ``gap_*``: the completeness-gap
-# plot; ``am_steps``: activation-maximisation steps.
+# plot; ``am_steps``: activation-maximisation steps; ``shortcut_*``: the training images and
+# epochs of the networks that learn the planted shortcut (an easy cue, learnt fast).
 SIZES = {
-    "quick": {"n_train": 2000, "n_test": 1000, "epochs": 5, "batch_size": 32, "lr": 3e-3,
-              "seeds": [0, 1, 2], "n_eval": 200, "n_curve": 64, "curve_steps": 16,
-              "n_shortcut": 32, "n_sanity": 24, "ig_steps": 32, "sg_samples": 16,
-              "occ_window": 4, "occ_stride": 4, "shuffled_n": 500, "shuffled_epochs": 15,
-              "gap_steps": [2, 4, 8, 16, 32, 64, 128], "gap_n": 8, "am_steps": 200},
+    "quick": {"n_train": 2000, "n_test": 300, "epochs": 5, "batch_size": 32, "lr": 3e-3,
+              "seeds": [0, 1, 2], "n_eval": 80, "n_curve": 20, "curve_steps": 10,
+              "n_shortcut": 24, "n_sanity": 12, "ig_steps": 16, "sg_samples": 8,
+              "occ_window": 4, "occ_stride": 4, "shuffled_n": 256, "shuffled_epochs": 12,
+              "shortcut_n": 1000, "shortcut_epochs": 2,
+              "gap_steps": [2, 4, 8, 16, 32, 64], "gap_n": 16, "am_steps": 80},
     "full": {"n_train": 20000, "n_test": 5000, "epochs": 10, "batch_size": 64, "lr": 2e-3,
              "seeds": [0, 1, 2, 3, 4], "n_eval": 2000, "n_curve": 1000, "curve_steps": 64,
              "n_shortcut": 1000, "n_sanity": 200, "ig_steps": 64, "sg_samples": 50,
              "occ_window": 4, "occ_stride": 1, "shuffled_n": 2000, "shuffled_epochs": 30,
+             "shortcut_n": 20000, "shortcut_epochs": 10,
              "gap_steps": [2, 4, 8, 16, 32, 64, 128, 256, 512], "gap_n": 64, "am_steps": 500},
     "smoke": {"n_train": 256, "n_test": 128, "epochs": 1, "seeds": [0, 1, 2], "n_eval": 16,
               "n_curve": 8, "curve_steps": 4, "n_shortcut": 8, "n_sanity": 4, "ig_steps": 4,
               "sg_samples": 2, "occ_stride": 4, "shuffled_n": 64, "shuffled_epochs": 1,
+              "shortcut_n": 256, "shortcut_epochs": 1,
               "gap_steps": [2, 4], "gap_n": 2, "am_steps": 3},
 }
 

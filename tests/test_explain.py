@@ -189,10 +189,12 @@ def test_completeness_is_exact_for_a_linear_model():
 
 def test_the_gap_shrinks_with_more_steps(model, batch):
     x, y = batch[0][:2], batch[1][:2]
+    # The right Riemann sum's error falls like 1/m: at 256 steps it measured 1.1% of the rise
+    # on this machine and under 1% on another, so the bound is checked at 1024 steps
     gaps = [integrated_gradients(model, x, y, steps=m, rule="riemann_right").gap.mean().item()
-            for m in (4, 256)]
+            for m in (4, 64, 1024)]
     rise = (target_logit(model, x, y) - target_logit(model, 0 * x, y)).abs().mean().item()
-    assert gaps[1] < gaps[0] and gaps[1] < 0.01 * rise
+    assert gaps[2] < gaps[1] < gaps[0] and gaps[2] < 0.01 * rise, (gaps, rise)
 
 
 # --- scores, baselines, curves ------------------------------------------------------------------
