@@ -24,19 +24,22 @@ from .train import eval_mode, train_mode
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Chapter sizes (book/04_adversarial.ipynb). ``at_*``: PGD adversarial training (alpha_ratio:
-# step = ratio * eps; None = pgd_step_size's default); ``fgsm_*``: the FGSM-RS section; ``sweep_n``: the test
-# images the ε sweeps and diagnostics use (the headline number always uses the whole test
-# split); ``eval_*``: the attack behind the headline number; ``strong_*``: the stronger attack of
-# the honest-evaluation checks, on the first ``strong_n`` sweep images.
+# step = ratio * eps; None = pgd_step_size's default); ``width``: TwoConvNet's first-layer
+# channels; ``fgsm_*``: the FGSM-RS section (``fgsm_n`` training images, None = all);
+# ``sweep_n``: the test images the ε sweeps and diagnostics use; ``eval_*``: the attack behind
+# the headline number, on the first ``eval_n`` test images (None = the whole test split);
+# ``strong_*``: the stronger attack of the honest-evaluation checks, on the first ``strong_n``
+# sweep images.
 SIZES = {
     "quick": {
-        "eps": 0.3, "batch_size": 50, "std_epochs": 5,
-        "at_epochs": 15, "at_ramp_epochs": 5, "at_steps": 7, "at_alpha_ratio": None,
+        "eps": 0.3, "batch_size": 50, "std_epochs": 4, "width": 16,
+        "at_epochs": 3, "at_ramp_epochs": 1, "at_steps": 3, "at_alpha_ratio": None,
         "at_lr": 1e-3,
-        "fgsm_epochs": 5, "fgsm_ramp_epochs": 2, "fgsm_alpha_ratio": 1.25, "watch_n": 100,
-        "eval_steps": 40, "eval_restarts": 1,
-        "sweep_n": 200, "sweep_steps": 10, "sweep_eps": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
-        "strong_n": 100, "strong_steps": 100, "strong_restarts": 2,
+        "fgsm_n": 2000, "fgsm_epochs": 4, "fgsm_ramp_epochs": 1, "fgsm_alpha_ratio": 1.25,
+        "watch_n": 100,
+        "eval_n": 300, "eval_steps": 40, "eval_restarts": 1,
+        "sweep_n": 150, "sweep_steps": 10, "sweep_eps": [0.0, 0.1, 0.2, 0.25, 0.3],
+        "strong_n": 100, "strong_steps": 40, "strong_restarts": 2,
     },
     # Full MNIST on a GPU. The training attack (PGD-40, step 0.01, random start) and the
     # evaluation attack (PGD-100, 50 restarts) are those of Madry et al. (2018); the schedule
@@ -44,11 +47,12 @@ SIZES = {
     # chapter's last section. On the embedded 5,000 images (no network) the same sizes fit:
     # the sweeps then use the whole 1,000-image test split.
     "full": {
-        "eps": 0.3, "batch_size": 100, "std_epochs": 5,
+        "eps": 0.3, "batch_size": 100, "std_epochs": 5, "width": 32,
         "at_epochs": 30, "at_ramp_epochs": 3, "at_steps": 40, "at_alpha_ratio": 0.01 / 0.3,
         "at_lr": 1e-3,
-        "fgsm_epochs": 10, "fgsm_ramp_epochs": 3, "fgsm_alpha_ratio": 1.25, "watch_n": 500,
-        "eval_steps": 100, "eval_restarts": 50,
+        "fgsm_n": None, "fgsm_epochs": 10, "fgsm_ramp_epochs": 3, "fgsm_alpha_ratio": 1.25,
+        "watch_n": 500,
+        "eval_n": None, "eval_steps": 100, "eval_restarts": 50,
         "sweep_n": 1000, "sweep_steps": 40, "sweep_eps": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
         "strong_n": 500, "strong_steps": 100, "strong_restarts": 10,
     },
