@@ -39,7 +39,7 @@ SOURCE_CLASSES = (0, 1, 2, 3, 4)
 SIZES = {
     "quick": {"vit": {"dim": 48, "depth": 3, "heads": 4, "mlp_ratio": 2.0},
               "epochs": 40, "lr": 3e-3, "batch_size": 64, "max_shift": 2,
-              "mae_epochs": 40, "mae_lr": 3e-3, "mask_ratio": 0.75, "decoder_dim": 32},
+              "mae_epochs": 20, "mae_lr": 3e-3, "mask_ratio": 0.75, "decoder_dim": 32},
     "full": {"vit": {"dim": 128, "depth": 6, "heads": 4, "mlp_ratio": 2.0},
              "epochs": 20, "lr": 1e-3, "batch_size": 256, "max_shift": 2,
              "mae_epochs": 60, "mae_lr": 1.5e-3, "mask_ratio": 0.75, "decoder_dim": 64},
