@@ -43,7 +43,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GLUE = "application/papermill.record/"
 KERNELS = ("native", "avx2", "default")
 
 # The helper every rewritten assertion calls. It evaluates the comparison exactly as Python
@@ -175,20 +174,15 @@ def run(path: str, seed: int, kernel: str, timeout: int) -> dict:
     after = os.times()
     cpu = (after.children_user - before.children_user) + (after.children_system
                                                           - before.children_system)
-    values, errors = {}, []
-    for i, cell in enumerate(nb.cells[1:-1]):
-        for o in cell.get("outputs", []):
-            name = o.get("metadata", {}).get("scrapbook", {}).get("name")
-            if name is not None:
-                try:
-                    values[name] = float(o["data"].get(GLUE + "text/plain"))
-                except (TypeError, ValueError):
-                    pass
-            if o.get("output_type") == "error":
-                errors.append(f"cell {i}: {o['ename']}: {o['evalue'][:300]}")
-    recorded = json.loads(out.read_text()) if out.exists() else {}
-    return {"seed": seed, "kernel": kernel, "claims": claims, "recorded": recorded,
-            "values": values, "errors": errors, "cpu": cpu, "wall": wall}
+    sys.path.insert(0, str(Path(__file__).parent))
+    from full_profile import recorded as recorded_numbers  # benchmarks/full_profile.py
+
+    errors = [f"cell {i}: {o['ename']}: {o['evalue'][:300]}"
+              for i, cell in enumerate(nb.cells[1:-1]) for o in cell.get("outputs", [])
+              if o.get("output_type") == "error"]
+    margins = json.loads(out.read_text()) if out.exists() else {}
+    return {"seed": seed, "kernel": kernel, "claims": claims, "recorded": margins,
+            "values": recorded_numbers(nb), "errors": errors, "cpu": cpu, "wall": wall}
 
 
 def _fmt(v) -> str:
