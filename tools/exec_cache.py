@@ -43,7 +43,8 @@ def key() -> str:
 
     h.update(f"{platform.python_version()} {torch.__version__}".encode())
     for name in sorted(os.environ):
-        if name.startswith("FMLAB_") or name == "ATEN_CPU_CAPABILITY":
+        # FMLAB_DATA says only where the data and cached models are kept
+        if (name.startswith("FMLAB_") and name != "FMLAB_DATA") or name == "ATEN_CPU_CAPABILITY":
             h.update(f"{name}={os.environ[name]}".encode())
     return h.hexdigest()
 
