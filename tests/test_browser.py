@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import re
 import shutil
 import subprocess
@@ -71,7 +72,7 @@ def _sync_playwright():
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """A small executed build of the book, served on 127.0.0.1: (base URL, html folder)."""
-    sync_playwright = _sync_playwright()  # skip before spending a build
+    _sync_playwright()  # skip before spending a build
     tmp = tmp_path_factory.mktemp("browser")
     src = tmp / "src"
     (src / "book").mkdir(parents=True)
@@ -99,8 +100,7 @@ def site(tmp_path_factory):
     (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     jb = Path(sys.executable).parent / "jupyter-book"
     run = subprocess.run([str(jb), "build", str(src), "--path-output", str(tmp / "out")],
-                         capture_output=True, text=True, env={**__import__("os").environ,
-                                                              "FMLAB_PROFILE": "quick"})
+                         capture_output=True, text=True, env={**os.environ, "FMLAB_PROFILE": "quick"})
     html = tmp / "out" / "_build" / "html"
     assert run.returncode == 0 and html.is_dir(), (run.stdout + run.stderr)[-4000:]
     handler = functools.partial(_QuietHandler, directory=str(html))
@@ -205,7 +205,6 @@ def jupyterlab(tmp_path_factory):
     """JupyterLab on 127.0.0.1 with a token, over a copy of the student lab (so that nothing
     it saves touches the checkout): (base URL, token)."""
     _sync_playwright()
-    import os
     import socket
     import time
     import urllib.request

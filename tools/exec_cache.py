@@ -128,13 +128,10 @@ def report() -> int:
         if seconds is not None and (uri not in records or record.created > records[uri][1]):
             records[uri] = (seconds, record.created)
     print(f"{'notebook':36} {'executed (s)':>12}  when (UTC)")
-    over = []
     for uri, (seconds, created) in sorted(records.items()):
         name = str(uri.relative_to(ROOT)) if uri.is_relative_to(ROOT) else str(uri)
         flag = f"  over the {BUDGET_S} s budget" if seconds > BUDGET_S else ""
         print(f"{name:36} {seconds:12.0f}  {created:%Y-%m-%d %H:%M}{flag}")
-        if flag:
-            over.append(name)
     print(f"total {sum(s for s, _ in records.values()):.0f} s of execution (a cached chapter "
           "shows the time of the run that produced it)")
     return 0
