@@ -43,7 +43,9 @@ SIZES = {
     "full": {"vit": {"dim": 128, "depth": 6, "heads": 4, "mlp_ratio": 2.0},
              "epochs": 20, "lr": 1e-3, "batch_size": 256, "max_shift": 2,
              "mae_epochs": 60, "mae_lr": 1.5e-3, "mask_ratio": 0.75, "decoder_dim": 64},
-    "smoke": {"epochs": 1, "mae_epochs": 1},
+    # the quick profile's ViT: the smoke run tests the full profile's code paths, not its model
+    "smoke": {"vit": {"dim": 48, "depth": 3, "heads": 4, "mlp_ratio": 2.0}, "decoder_dim": 32,
+              "epochs": 1, "mae_epochs": 1},
 }
 
 
