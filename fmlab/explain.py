@@ -14,7 +14,6 @@ its captum counterpart (Kokhlikyan et al. 2020) on the chapter's model.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adversarial import eval_mode
+from .models import GlobalMaxCNN
 
 # Sizes of book/06_explanation.ipynb. ``n_train``: shapes images per model; ``seeds``: the
 # models trained (a claim that depends on training must hold for each of them); ``n_eval``:
@@ -50,35 +50,6 @@ SIZES = {
               "shortcut_n": 256, "shortcut_epochs": 1,
               "gap_steps": [2, 4], "gap_n": 2, "am_steps": 3},
 }
-
-
-class GlobalMaxCNN(nn.Module):
-    """Three 3×3 conv blocks (conv, batch norm, ReLU; 2×2 max-pooling after the first two),
-    global max pooling, and a linear layer.
-
-    Global max pooling lets each channel fire wherever its pattern appears, so an object may
-    sit anywhere in the image. Blocks are named (``features.block1`` .. ``block3``, ``fc``) so
-    that Grad-CAM and the randomisation tests can refer to them.
-    """
-
-    def __init__(self, in_channels: int = 3, num_classes: int = 4,
-                 widths: tuple[int, int, int] = (16, 32, 64)):
-        super().__init__()
-
-        def block(c_in, c_out, pool):
-            layers = [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
-            return nn.Sequential(*layers, *([nn.MaxPool2d(2)] if pool else []))
-
-        w1, w2, w3 = widths
-        self.features = nn.Sequential(OrderedDict(
-            block1=block(in_channels, w1, True), block2=block(w1, w2, True),
-            block3=block(w2, w3, False)))
-        self.pool = nn.AdaptiveMaxPool2d(1)
-        self.fc = nn.Linear(w3, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (B, w3, H/4, W/4)
-        return self.fc(self.pool(x).flatten(1))  # (B, classes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,14 +26,6 @@ from .quantize import dequantize, quantize
 PRUNABLE = (nn.Linear, nn.Conv2d)
 
 
-def _make_permanent(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, PRUNABLE) and parametrize.is_parametrized(m, "weight"):
-            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-    return model
-
-
-
 def saved_bytes(obj: nn.Module | Mapping) -> int:
     """Bytes of ``torch.save(model.state_dict())`` (or of a dict such as :func:`packed_state`)."""
     if isinstance(obj, nn.Module):
@@ -53,7 +45,9 @@ def packed_state(model: nn.Module, sparse: bool = True, bits: int | None = None)
     :func:`unpack_state` inverts it (exactly, up to the quantization)."""
     if bits not in (None, 8):
         raise ValueError("packed_state stores float32 values (bits=None) or int8 codes (bits=8)")
-    model = _make_permanent(copy.deepcopy(model))
+    from .compress import make_permanent  # compress imports this module
+
+    model = make_permanent(copy.deepcopy(model))
     weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
     packed = {}
     for key, t in model.state_dict().items():

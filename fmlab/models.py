@@ -1,10 +1,13 @@
 """The networks the chapters train, for any input size and channel count.
 
-Explained in book/01_training_cnn.ipynb.
+Explained in book/01_training_cnn.ipynb (the CNNs); book/06_explanation.ipynb trains
+:class:`GlobalMaxCNN`, book/07_finetuning.ipynb the :class:`ViT`, which
+:class:`MaskedAutoencoder` pre-trains without labels.
 """
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -132,6 +135,37 @@ class SmallResNet(nn.Module):
         return self.head(self.features(x))  # (B, C, h, w) -> (B, C) -> (B, classes)
 
 
+# --- The explanation chapter's classifier (book/06_explanation.ipynb) ---------------------------
+
+class GlobalMaxCNN(nn.Module):
+    """Three 3×3 conv blocks (conv, batch norm, ReLU; 2×2 max-pooling after the first two),
+    global max pooling, and a linear layer.
+
+    Global max pooling lets each channel fire wherever its pattern appears, so an object may
+    sit anywhere in the image. Blocks are named (``features.block1`` .. ``block3``, ``fc``) so
+    that Grad-CAM and the randomisation tests can refer to them.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 4,
+                 widths: tuple[int, int, int] = (16, 32, 64)):
+        super().__init__()
+
+        def block(c_in, c_out, pool):
+            layers = [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+            return nn.Sequential(*layers, *([nn.MaxPool2d(2)] if pool else []))
+
+        w1, w2, w3 = widths
+        self.features = nn.Sequential(OrderedDict(
+            block1=block(in_channels, w1, True), block2=block(w1, w2, True),
+            block3=block(w2, w3, False)))
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.fc = nn.Linear(w3, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)  # (B, w3, H/4, W/4)
+        return self.fc(self.pool(x).flatten(1))  # (B, classes)
+
+
 # --- A small Vision Transformer (book/07_finetuning.ipynb) -----------------------------------
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -166,14 +200,14 @@ class MultiHeadAttention(nn.Module):
         self.fused = True
         self.weights: torch.Tensor | None = None  # the last attention weights when fused=False
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape  # (B, T, D)
         qkv = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, T, D/H)
         if self.fused:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q, k, v)
         else:
-            out, self.weights = attention(q, k, v, mask, return_weights=True)
+            out, self.weights = attention(q, k, v, return_weights=True)
         return self.proj(out.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
 
 
@@ -256,6 +290,54 @@ class ViT(nn.Module):
         finally:
             for a in attns:
                 a.fused, a.weights = True, None
+
+
+class MaskedAutoencoder(nn.Module):
+    """A masked autoencoder around a :class:`ViT` encoder (He et al. 2022).
+
+    Per image, ``mask_ratio`` of the patches are hidden at random. The encoder sees the class
+    token and the visible patches only (with their position embeddings); a one-block decoder
+    gets the encoded tokens back in place, a shared learned mask token everywhere else, and
+    predicts each hidden patch's pixels, normalised per patch. The loss is the mean squared
+    error over the hidden patches.
+    """
+
+    def __init__(self, encoder: ViT, decoder_dim: int = 32, mask_ratio: float = 0.75):
+        super().__init__()
+        cfg = encoder.config
+        self.encoder, self.mask_ratio, self.patch = encoder, mask_ratio, encoder.patch_size
+        self.decoder_embed = nn.Linear(cfg["dim"], decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.decoder_pos = nn.Parameter(torch.zeros(1, 1 + encoder.num_patches, decoder_dim))
+        self.decoder = Block(decoder_dim, cfg["heads"], cfg["mlp_ratio"])
+        self.decoder_norm = nn.LayerNorm(decoder_dim)
+        self.predict = nn.Linear(decoder_dim, self.patch ** 2 * cfg["in_channels"])
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        nn.init.trunc_normal_(self.decoder_pos, std=0.02)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch
+        patches = F.unfold(x, kernel_size=p, stride=p)  # (B, C*p*p, N), in patch_embed's order
+        return patches.transpose(1, 2)  # (B, N, C*p*p)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        tokens = self.encoder.embed(x)  # (B, 1 + N, D), positions added
+        b, n = len(x), tokens.shape[1] - 1
+        keep_n = max(1, round(n * (1 - self.mask_ratio)))
+        noise = torch.rand(b, n, generator=generator).to(x.device)
+        keep = noise.argsort(1)[:, :keep_n]  # (B, K) indices of visible patches
+        visible = tokens[:, 1:].gather(1, keep[..., None].expand(-1, -1, tokens.shape[2]))
+        encoded = self.decoder_embed(self.encoder.encode(torch.cat([tokens[:, :1], visible], 1)))
+        full = self.mask_token.expand(b, n, -1).clone()  # (B, N, Dd)
+        full.scatter_(1, keep[..., None].expand(-1, -1, full.shape[2]), encoded[:, 1:])
+        full = torch.cat([encoded[:, :1], full], 1) + self.decoder_pos
+        pred = self.predict(self.decoder_norm(self.decoder(full)))[:, 1:]  # (B, N, C*p*p)
+        target = self.patchify(x)
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()  # each patch normalised
+        hidden = torch.ones(b, n, device=x.device).scatter_(1, keep, 0.0)  # 1 where hidden
+        per_patch = ((pred - target) ** 2).mean(-1)  # (B, N)
+        return (per_patch * hidden).sum() / hidden.sum()
 
 
 MODELS = {"seedcnn": SeedCNN, "twoconv": TwoConvNet, "lenet5": LeNet5,

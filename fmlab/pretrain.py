@@ -25,11 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from . import data as fdata
-from .models import Block, ViT
+from .models import MaskedAutoencoder, ViT
+from .monitor import LossWindow
 from .runtime import atomic_write, cache_dir, device, profile, seed_everything
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
@@ -78,57 +77,10 @@ def train_supervised(model: ViT, train: fdata.Dataset, sizes: dict, seed: int = 
                batch_transform=fdata.shift_augmentation(sizes["max_shift"], seed))
 
 
-class MaskedAutoencoder(nn.Module):
-    """A masked autoencoder around a :class:`ViT` encoder (He et al. 2022).
-
-    Per image, ``mask_ratio`` of the patches are hidden at random. The encoder sees the class
-    token and the visible patches only (with their position embeddings); a one-block decoder
-    gets the encoded tokens back in place, a shared learned mask token everywhere else, and
-    predicts each hidden patch's pixels, normalised per patch. The loss is the mean squared
-    error over the hidden patches.
-    """
-
-    def __init__(self, encoder: ViT, decoder_dim: int = 32, mask_ratio: float = 0.75):
-        super().__init__()
-        cfg = encoder.config
-        self.encoder, self.mask_ratio, self.patch = encoder, mask_ratio, encoder.patch_size
-        self.decoder_embed = nn.Linear(cfg["dim"], decoder_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.decoder_pos = nn.Parameter(torch.zeros(1, 1 + encoder.num_patches, decoder_dim))
-        self.decoder = Block(decoder_dim, cfg["heads"], cfg["mlp_ratio"])
-        self.decoder_norm = nn.LayerNorm(decoder_dim)
-        self.predict = nn.Linear(decoder_dim, self.patch ** 2 * cfg["in_channels"])
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
-        nn.init.trunc_normal_(self.decoder_pos, std=0.02)
-
-    def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.patch
-        patches = F.unfold(x, kernel_size=p, stride=p)  # (B, C*p*p, N), in patch_embed's order
-        return patches.transpose(1, 2)  # (B, N, C*p*p)
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        tokens = self.encoder.embed(x)  # (B, 1 + N, D), positions added
-        b, n = len(x), tokens.shape[1] - 1
-        keep_n = max(1, round(n * (1 - self.mask_ratio)))
-        noise = torch.rand(b, n, generator=generator).to(x.device)
-        keep = noise.argsort(1)[:, :keep_n]  # (B, K) indices of visible patches
-        visible = tokens[:, 1:].gather(1, keep[..., None].expand(-1, -1, tokens.shape[2]))
-        encoded = self.decoder_embed(self.encoder.encode(torch.cat([tokens[:, :1], visible], 1)))
-        full = self.mask_token.expand(b, n, -1).clone()  # (B, N, Dd)
-        full.scatter_(1, keep[..., None].expand(-1, -1, full.shape[2]), encoded[:, 1:])
-        full = torch.cat([encoded[:, :1], full], 1) + self.decoder_pos
-        pred = self.predict(self.decoder_norm(self.decoder(full)))[:, 1:]  # (B, N, C*p*p)
-        target = self.patchify(x)
-        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-        target = (target - mean) / (var + 1e-6).sqrt()  # each patch normalised
-        hidden = torch.ones(b, n, device=x.device).scatter_(1, keep, 0.0)  # 1 where hidden
-        per_patch = ((pred - target) ** 2).mean(-1)  # (B, N)
-        return (per_patch * hidden).sum() / hidden.sum()
-
-
 def train_mae(model: ViT, train: fdata.Dataset, sizes: dict, seed: int = 0) -> list[float]:
     """Pre-train ``model`` as the encoder of a :class:`MaskedAutoencoder`; the mean loss per
-    epoch comes back. AdamW with weight decay 0.05 and a cosine decay, as He et al. (2022)."""
+    epoch comes back. AdamW with weight decay 0.05 and a cosine decay, as He et al. (2022). A
+    nan or inf loss raises :class:`~fmlab.monitor.NonFiniteLossError`, naming epoch and step."""
     mae = MaskedAutoencoder(model, sizes["decoder_dim"], sizes["mask_ratio"]).to(device())
     opt = torch.optim.AdamW(mae.parameters(), lr=sizes["mae_lr"], weight_decay=0.05)
     steps = sizes["mae_epochs"] * math.ceil(len(train) / sizes["batch_size"])
@@ -136,16 +88,16 @@ def train_mae(model: ViT, train: fdata.Dataset, sizes: dict, seed: int = 0) -> l
     gen = torch.Generator().manual_seed(seed)
     x_all = train.x.to(device())
     losses = []
-    for _ in range(sizes["mae_epochs"]):
-        total = torch.zeros((), device=x_all.device)
+    for epoch in range(1, sizes["mae_epochs"] + 1):
+        window = LossWindow(epoch)
         for xb, _ in fdata.batches(x_all, train.y.to(device()), sizes["batch_size"], generator=gen):
             loss = mae(fdata.random_shift(xb, sizes["max_shift"], gen), gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.detach() * len(xb)
-        losses.append(total.item() / len(train))
+            window.add(loss, len(xb))
+        losses.append(window.mean())
     return losses
 
 

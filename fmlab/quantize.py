@@ -137,16 +137,14 @@ class FakeQuant(nn.Module):
         return f"bits={self.bits}, scheme={self.scheme!r}, axis={self.axis}"
 
 
-def _layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-
-
 def add_fake_quant(model: nn.Module, bits: int, scheme: str = "symmetric",
                    axis: int | None = 0) -> nn.Module:
     """Make every Linear and Conv2d layer of ``model`` compute with ``bits``-bit weights, one
     scale per output channel (``axis=0``) or per layer (``None``); in place. Biases and
     activations stay float32. Returns ``model``."""
-    for layer in _layers(model):
+    from .compress import prunable  # compress imports this module
+
+    for layer in prunable(model).values():
         if parametrize.is_parametrized(layer, "weight"):
             raise ValueError("this layer's weight is already parametrized (pruned or fake-quantized); "
                              "make that permanent first (fmlab.compress.make_permanent)")
@@ -159,9 +157,11 @@ def weights_quantized(model: nn.Module, bits: int, scheme: str = "symmetric",
     """Post-training quantization, simulated: a copy of ``model`` whose Linear and Conv2d weights
     are replaced by their ``bits``-bit values, per output channel (``axis=0``) or per layer
     (float32 tensors holding exactly the values the integer codes stand for)."""
+    from .compress import prunable  # compress imports this module
+
     model = copy.deepcopy(model)
     with torch.no_grad():
-        for layer in _layers(model):
+        for layer in prunable(model).values():
             layer.weight.copy_(dequantize(*quantize(layer.weight, bits, scheme, axis), axis=axis))
     return model
 

@@ -176,9 +176,9 @@ def default_threads() -> int:
     ``import fmlab`` does not change torch's threads: alone on a laptop or in Colab, torch's
     own default (every core) is fastest. Torch's OpenMP threads wait for each other at each
     operation, spinning, so where another busy process takes one of the cores a run slows down
-    many times (benchmarks/RESULTS.md gives the measurements). The grader, the tests and the
-    book build therefore set their thread count explicitly, and :func:`set_threads` applies
-    this default where a caller wants it.
+    many times (measurements: benchmarks/RESULTS.md, "Torch threads on a shared machine"). The
+    grader, the tests and the book build therefore set their thread count explicitly, and
+    :func:`set_threads` applies this default where a caller wants it.
     """
     forced = os.environ.get(THREADS_ENV, "").strip()
     if forced:

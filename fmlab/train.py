@@ -12,7 +12,7 @@ Explained in book/01_training_cnn.ipynb, where the same loop is first written ou
   kernels are deterministic).
 
 ``fit`` keeps the data as tensors on the device and slices them into batches, shows a
-``tqdm.auto`` progress bar and records a :class:`History`.
+``tqdm.auto`` progress bar and records a :class:`~fmlab.monitor.History`.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import Dataset, batches
+from .monitor import CHECK_EVERY, History, LossWindow, NonFiniteLossError  # noqa: F401
 from .runtime import atomic_write, profile
 from .runtime import device as default_device
 
@@ -48,45 +49,6 @@ SIZES = {
     # FMLAB_SMOKE=1: the same code paths, a token amount of training
     "smoke": {"hand_epochs": 1, "epochs": 1, "seeds": 1, "best_epochs": 1},
 }
-
-
-# A finiteness check per step would synchronise with a GPU and costs a few percent on a CPU,
-# so losses stay on the device and are checked every CHECK_EVERY steps; the check still names
-# the first bad step.
-CHECK_EVERY = 25
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became nan or inf; the message names the epoch and step."""
-
-
-@dataclass
-class History:
-    """Per-epoch metrics of a :func:`fit` run (validation lists stay empty without ``val``)."""
-
-    train_loss: list[float] = field(default_factory=list)
-    train_acc: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    val_acc: list[float] = field(default_factory=list)
-    epoch_time: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    best_epoch: int | None = None  # 1-based, when early stopping watched a metric
-    stopped_early: bool = False
-
-    @property
-    def epochs(self) -> int:
-        return len(self.train_loss)
-
-    def last(self) -> dict[str, str]:
-        """The last epoch's loss and accuracies, formatted (for a progress bar)."""
-        names = ("train_loss", "train_acc", "val_acc")
-        return {n: f"{getattr(self, n)[-1]:.4f}" for n in names if getattr(self, n)}
-
-    def __repr__(self) -> str:
-        last = f"train_acc={self.train_acc[-1]:.4f}" if self.train_acc else "empty"
-        if self.val_acc:
-            last += f", val_acc={self.val_acc[-1]:.4f}"
-        return f"History(epochs={self.epochs}, {last})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,8 +132,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
     (<class 'float'>, True)
     """
     model.train()
-    total, count, window = 0.0, 0, _Window()
-    for step, (x, y) in enumerate(batches, start=1):
+    window = LossWindow(epoch, correct)
+    for x, y in batches:
         if batch_transform is not None:
             x = batch_transform(model, x, y)
             model.train()
@@ -184,60 +146,15 @@ def train_one_epoch(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
         if scheduler is not None:
             scheduler.step()
         window.add(loss, len(y), (out.detach().argmax(1) == y).sum() if correct is not None else None)
-        count += len(y)
-        if len(window) == CHECK_EVERY:
-            total = total + window.flush(correct, epoch, step)
         if on_batch is not None:
             on_batch()
-    if count == 0:
+    if window.count == 0:
         raise ValueError("train_one_epoch got no batches: pass a non-empty list of (x, y) pairs")
-    total = total + window.flush(correct, epoch, step)
-    return float(total) / count
+    return window.mean()
 
 
 def _autocast(dtype: torch.dtype | None, x: torch.Tensor):
     return torch.autocast(x.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-class _Window:
-    """The last few batches' losses, sizes and hit counts, kept on the device until a flush."""
-
-    def __init__(self):
-        self.losses, self.sizes, self.hits = [], [], []
-
-    def __len__(self) -> int:
-        return len(self.losses)
-
-    def add(self, loss: torch.Tensor, size: int, hits: torch.Tensor | None) -> None:
-        self.losses.append(loss.detach())
-        self.sizes.append(size)
-        if hits is not None:
-            self.hits.append(hits)
-
-    def flush(self, correct: torch.Tensor | None, epoch: int, last_step: int) -> torch.Tensor | float:
-        """The window's summed loss ``sum n_b l_b`` (float32), after the finiteness check;
-        adds the hit counts to ``correct``; empties the window."""
-        if not self.losses:
-            return 0.0
-        losses = _check_finite(self.losses, epoch, last_step)  # (k,) float32
-        total = (losses * torch.tensor(self.sizes, device=losses.device)).sum()
-        if correct is not None:
-            correct += torch.stack(self.hits).sum()
-        self.losses, self.sizes, self.hits = [], [], []
-        return total
-
-
-def _check_finite(losses: list[torch.Tensor], epoch: int, last_step: int) -> torch.Tensor:
-    """The window's losses as one float32 tensor, or an error naming the first bad step."""
-    window = torch.stack(losses).float()
-    finite = torch.isfinite(window)
-    if bool(finite.all()):
-        return window
-    first = last_step - len(losses) + 1 + int((~finite).nonzero()[0, 0])
-    raise NonFiniteLossError(
-        f"the loss became {window[~finite][0].item()} at epoch {epoch}, step {first}. "
-        "Try a smaller learning rate, check the inputs for nan/inf, or clip gradients "
-        "(torch.nn.utils.clip_grad_norm_).")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -248,6 +248,17 @@ def test_bad_inputs_give_clear_errors(trained, sample):
         fgsm(trained, x, y[:3], 0.1)
 
 
+def test_adversarial_training_step_stops_at_a_non_finite_loss(sample):
+    from fmlab.monitor import NonFiniteLossError
+    x, y = sample[0][:16], sample[1][:16]
+    torch.manual_seed(0)
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=float("inf"))
+    adversarial_training_step(model, opt, x, y, 0.1, 0.05, 1)  # finite: the weights were
+    with pytest.raises(NonFiniteLossError, match="adversarial-training step\\. Try a smaller"):
+        adversarial_training_step(model, opt, x, y, 0.1, 0.05, 1)
+
+
 def test_adversarial_training_step_matches_a_manual_step(sample):
     x, y = sample
     x, y = x[:32], y[:32]

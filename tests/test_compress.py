@@ -373,6 +373,20 @@ def test_train_distilled_without_teacher_is_cross_entropy_training():
         C.train_distilled(a, tr, torch.randn(5, 10), epochs=1, device="cpu")
 
 
+def test_train_distilled_stops_at_a_non_finite_loss():
+    from fmlab import data
+    from fmlab.monitor import NonFiniteLossError
+    tr = data.load("mnist", "train").subset(96)
+    teacher = torch.randn(96, 10)
+    teacher[40] = float("nan")  # poisons the batch that holds image 40
+    with pytest.raises(NonFiniteLossError, match="at epoch 1, step [1-3]\\. Try a smaller"):
+        C.train_distilled(_model(models.LeNet300100), tr, teacher, epochs=1, batch_size=32,
+                          device="cpu")
+    with pytest.raises(NonFiniteLossError, match="at epoch 1, step 2\\."):
+        C.train_distilled(_model(models.LeNet300100), tr, None, epochs=1, lr=float("inf"),
+                          batch_size=32, device="cpu")
+
+
 def test_median_latency_returns_a_time_per_model():
     a, b = _model(models.LeNet300100).eval(), _model(models.LeNet5).eval()
     t = C.median_latency({"a": a, "b": b}, torch.rand(1, 1, 28, 28), repeats=3, min_time=0.001)

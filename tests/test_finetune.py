@@ -228,6 +228,13 @@ def test_mae_loss_is_finite_and_trains_the_encoder():
     assert encoder.head.weight.grad is None  # the head plays no part
 
 
+def test_mae_pretraining_stops_at_a_non_finite_loss():
+    from fmlab.monitor import NonFiniteLossError
+    sizes = {**TINY, "batch_size": 20, "mae_lr": float("inf")}
+    with pytest.raises(NonFiniteLossError, match="at epoch 1, step 2\\. Try a smaller"):
+        pretrain.train_mae(small_vit(), synthetic(), sizes)
+
+
 @pytest.mark.parametrize("kind", pretrain.KINDS)
 def test_cache_is_reused_and_rebuilt_with_a_notice(tmp_data_dir, capsys, kind):
     first = pretrain.pretrained(kind, sizes=TINY)

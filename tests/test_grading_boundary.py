@@ -221,7 +221,7 @@ def run_as_other_user(args: list[str], folder: Path) -> subprocess.CompletedProc
     fd = os.open(cfg_file, os.O_RDONLY)
     env = {"PATH": os.defpath, "HOME": str(folder), "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
     try:
-        return subprocess.run([*iso.prefix(), sys.executable, "-I", "-S", boundary.__file__, str(fd),
+        return subprocess.run([*iso.prefix(), sys.executable, "-I", "-S", boundary.PROGRAM, str(fd),
                                "--", sys.executable, "-m", "fmlab", *args], pass_fds=(fd,),
                               capture_output=True, text=True, timeout=400, env=env, cwd=folder)
     finally:

@@ -18,7 +18,9 @@ GRADING_ENV = "FMLAB_GRADING"
 
 
 def checks_path(lab: str) -> Path:
-    """The public checks file of ``lab`` (e.g. ``"cnn"``), shipped inside the fmlab package."""
+    """The public checks file of ``lab`` (e.g. ``"cnn"``), shipped inside the fmlab package:
+    the package ``fmlab.checks`` is the folder ``labs/checks`` (``package-dir`` in
+    pyproject.toml; labs/README.md says what else ``labs/`` holds)."""
     if not lab.replace("_", "").isalnum():
         raise ValueError(f"lab ids are letters, digits and underscores, got {lab!r}")
     path = Path(str(resources.files("fmlab.checks").joinpath(f"{lab}.py")))
