@@ -1,5 +1,6 @@
 """Every lab in labs/: the master scores full marks, its student version scores zero, and each
-wrong answer in tests/wrong_answers/<lab>.py scores below full marks on its question.
+wrong answer in tests/wrong_answers/<lab>.py scores below full marks on its question; those its
+file lists in LOSE_MOST lose most of the question's points (they keep at most half).
 
 Generic: a new labs/NN_name.ipynb (with labs/checks/<lab>.py, labs/hidden/<lab>.py and
 tests/wrong_answers/<lab>.py) is picked up without editing this file.
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LABS = sorted((ROOT / "labs").glob("*.ipynb"))
 HIDDEN = ROOT / "labs" / "hidden"
 WRONG_DIR = ROOT / "tests" / "wrong_answers"
+KEEPS_AT_MOST = 0.5  # the share of a question's points a LOSE_MOST answer may keep
 
 
 def lab_of(master: Path) -> str:
@@ -75,7 +77,12 @@ def test_wrong_answers_score_below_full(master, tmp_path):
     lab = lab_of(master)
     path = WRONG_DIR / f"{lab}.py"
     assert path.is_file(), f"add {path.relative_to(ROOT)} with WRONG = {{'q1': {{'name': source}}}}"
-    wrong = load_module(path).WRONG
+    module = load_module(path)
+    wrong = module.WRONG
+    lose_most = {(q, name) for q, names in getattr(module, "LOSE_MOST", {}).items()
+                 for name in names}
+    unknown = lose_most - {(q, name) for q, answers in wrong.items() for name in answers}
+    assert not unknown, f"{path.name}: LOSE_MOST names answers WRONG lacks: {sorted(unknown)}"
     questions = {q.id: q for q in load_questions(checks_path(lab))}
     for qid, answers in wrong.items():
         assert qid in questions, f"{path.name}: {lab} has no question {qid}"
@@ -99,11 +106,13 @@ def test_wrong_answers_score_below_full(master, tmp_path):
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         reports = list(pool.map(grade, jobs))
-    full = []
+    kept = []
     for (file, chosen), report in zip(jobs, reports):
         assert report.error is None, report.error
         for qid, (name, _) in chosen.items():
             q = report.question(qid)
-            if q.score >= q.points:
-                full.append(f"{qid}/{name} scores full marks: {q.output(True)}")
-    assert not full, "\n".join(full)
+            limit = KEEPS_AT_MOST * q.points if (qid, name) in lose_most else q.points - 1e-9
+            if q.score > limit:
+                kept.append(f"{qid}/{name} keeps {q.score:g} of {q.points:g} points: "
+                            f"{q.output(True)}")
+    assert not kept, "\n".join(kept)

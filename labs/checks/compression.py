@@ -202,11 +202,17 @@ def _logits(case: dict):
 def run_q3(ns, case):
     s, t, y = _logits(case)
     s = s.clone().requires_grad_(True)
-    loss = ns["distillation_loss"](s, t.clone(), y.clone(), case["T"], case["alpha"])
+    # the teacher's logits require grad, as they do when the teacher runs beside the student
+    # without torch.no_grad: none of the loss's gradient may reach them
+    t = t.clone().requires_grad_(True)
+    loss = ns["distillation_loss"](s, t, y.clone(), case["T"], case["alpha"])
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise TypeError("distillation_loss should return a scalar tensor")
-    grad = torch.autograd.grad(loss.reshape(()), s)[0] if loss.requires_grad else None
-    return {"loss": loss.detach().reshape(()), "grad": grad}
+    grad, teacher_grad = None, None
+    if loss.requires_grad:
+        grad, teacher_grad = torch.autograd.grad(loss.reshape(()), (s, t), allow_unused=True)
+    return {"loss": loss.detach().reshape(()), "grad": grad,
+            "teacher_grad": None if teacher_grad is None else teacher_grad.abs().max()}
 
 
 def grade_q3(case, got):
@@ -233,6 +239,10 @@ def grade_q3(case, got):
     if got["grad"] is None:
         return Result.fail("the loss is not differentiable with respect to the student's logits "
                            "(was it detached?)")
+    leak = got.get("teacher_grad")
+    if leak is not None and float(leak) > 0:
+        return Result.fail("gradient flows into the teacher's logits (largest entry "
+                           f"{float(leak):.2g}): the teacher is fixed, so detach its logits")
     return expect_close(got["grad"], distillation_grad(s, t, y, T, alpha), atol=1e-10, rtol=1e-6,
                         check_dtype=False, what="the gradient with respect to the student's logits")
 

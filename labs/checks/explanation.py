@@ -155,10 +155,19 @@ def grade_q1(case, got):
 # q2: Grad-CAM on a named layer, at the layer's resolution
 # ---------------------------------------------------------------------------------------------
 
+def _hooks(model: nn.Module) -> int:
+    """How many forward, forward-pre and backward hooks sit on the model's modules."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               + len(getattr(m, "_backward_pre_hooks", {})) for m in model.modules())
+
+
 def run_q2(ns, case):
     model = _build(case)
+    before = _hooks(model)
     cam = ns["grad_cam"](model, case["x"].clone(), case["target"].clone(), case["layer"])
-    return {"cam": cam, **_untouched(model)}
+    for _ in range(2):  # called again on the same model, as a notebook or a loop would
+        ns["grad_cam"](model, case["x"][:1].clone(), case["target"][:1].clone(), case["layer"])
+    return {"cam": cam, "hooks_left": _hooks(model) - before, **_untouched(model)}
 
 
 def grade_q2(case, got):
@@ -167,6 +176,10 @@ def grade_q2(case, got):
     bad = _model_checks(got)
     if bad:
         return bad
+    if got.get("hooks_left"):
+        return Result.fail(f"after three calls {got['hooks_left']} hook(s) are still registered "
+                           "on the model, each keeping its tensors alive: remove every hook "
+                           "you add (handle.remove(), in a finally block)")
     model = _build(case)
     ref = LayerGradCam(model, model.get_submodule(case["layer"])).attribute(
         case["x"], target=case["target"], relu_attributions=True)[:, 0].detach()  # (B, h, w)

@@ -199,7 +199,9 @@ def grade_q2(case, got):
         if merged.passed and case["b"] is not None:
             merged = expect_close(got["merged_bias"], case["b"], what="the merged bias")
         parts.append(merged)
-    score = sum(p.score for p in parts) / len(parts)
+    # the update's forward pass and its merge are the question's heart: they weigh double
+    weights = (1, 1, 2, 2)
+    score = sum(w * p.score for w, p in zip(weights, parts)) / sum(weights)
     failed = [p.message for p in parts if not p.passed]
     return Result(score, "; ".join(failed) if failed else "ok")
 
@@ -280,12 +282,23 @@ def run_q4(ns, case):
     if not isinstance(head, nn.Linear):
         raise TypeError(f"train_probe should return the trained nn.Linear head, got "
                         f"{type(head).__name__}")
-    return dict(head.state_dict())
+    changed = [k for k, v in backbone.state_dict().items()  # a replaced head is allowed
+               if k in case["state"] and not k.startswith("head.")
+               and not torch.equal(v, case["state"][k])]
+    return {"head": dict(head.state_dict()), "backbone_changed": changed}
 
 
 def grade_q4(case, got):
     from fmlab import finetune as ft
     backbone = _backbone(case["config"], case["state"])
+    if not isinstance(got, dict) or "head" not in got:
+        return Result.fail(f"unexpected result {describe(got)}")
+    if got["backbone_changed"]:
+        names = got["backbone_changed"]
+        return Result.fail(f"the backbone's weights changed ({len(names)} tensors, e.g. "
+                           f"{names[0]!r}): a linear probe trains the head only; freeze the "
+                           "backbone or train on its features")
+    got = got["head"]
     head = nn.Linear(case["config"]["dim"], 5)
     fits = expect_state_dict(got, head, what=f"the returned head (an nn.Linear({case['config']['dim']}, 5))")
     if not fits.passed:
@@ -306,8 +319,11 @@ QUESTIONS = [
                 "torch.nn.functional.multi_head_attention_forward", "fmlab.models.attention",
                 "fmlab.models.MultiHeadAttention"),
         cases=lambda: [
-            {"name": "no mask", "seed": 0, "batch": (2,), "T": 4, "d": 8},
-            {"name": "a boolean mask", "seed": 1, "batch": (2, 3), "T": 5, "d": 6, "mask": "random"},
+            # scores in the hundreds: exp() overflows unless the row's maximum is subtracted
+            {"name": "no mask, large scores", "seed": 0, "batch": (2,), "T": 4, "d": 8,
+             "scale": 12.0},
+            {"name": "a boolean mask, large scores", "seed": 1, "batch": (2, 3), "T": 5, "d": 6,
+             "mask": "random", "scale": 12.0},
             {"name": "more keys than queries", "seed": 2, "T": 3, "S": 6, "d": 4, "dv": 5,
              "mask": "random"},
         ]),

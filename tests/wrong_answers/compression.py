@@ -102,6 +102,13 @@ def quantize_per_channel(w, bits=8, scheme="symmetric"):
 ''',
     },
     "q3": {
+        "teacher_not_detached": '''
+def distillation_loss(student_logits, teacher_logits, targets, T, alpha):
+    log_p = F.log_softmax(student_logits / T, dim=1)
+    log_r = F.log_softmax(teacher_logits / T, dim=1)  # the teacher gets gradient too
+    kl = (log_r.exp() * (log_r - log_p)).sum(dim=1).mean()
+    return alpha * T * T * kl + (1 - alpha) * F.cross_entropy(student_logits, targets)
+''',
         "kl_wrong_way_round": '''
 def distillation_loss(student_logits, teacher_logits, targets, T, alpha):
     log_p = F.log_softmax(student_logits / T, dim=1)
@@ -213,3 +220,6 @@ def train_sparse_model(train):
 ''',
     },
 }
+
+# mistakes students make that must cost most of the question's points, not a sliver
+LOSE_MOST = {"q3": ["teacher_not_detached"]}

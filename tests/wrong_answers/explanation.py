@@ -66,6 +66,17 @@ def integrated_gradients(model, x, target, baseline, steps):
 ''',
     },
     "q2": {
+        "hook_never_removed": '''
+def grad_cam(model, x, target, layer):
+    store = {}
+    model.get_submodule(layer).register_forward_hook(
+        lambda module, inputs, output: store.update(A=output))  # stays on the layer
+    score = model(x).gather(1, target[:, None]).sum()
+    acts = store["A"]
+    (grad,) = torch.autograd.grad(score, acts)
+    alpha = grad.mean(dim=(2, 3), keepdim=True)
+    return F.relu((alpha * acts).sum(1)).detach()
+''',
         "no_relu": '''
 def grad_cam(model, x, target, layer):
     store = {}
@@ -196,3 +207,6 @@ def occlusion(model, x, target, window, stride):
 ''',
     },
 }
+
+# mistakes students make that must cost most of the question's points, not a sliver
+LOSE_MOST = {"q2": ["hook_never_removed"]}

@@ -166,6 +166,20 @@ def train_probe(backbone, train):
         opt.step()
     return head
 ''',
+        "trains_the_backbone_too": '''
+def train_probe(backbone, train):
+    torch.manual_seed(0)
+    head = nn.Linear(backbone.head.in_features, len(train.classes))
+    params = list(backbone.parameters()) + list(head.parameters())  # the backbone trains too
+    opt = torch.optim.Adam(params, lr=1e-3)
+    backbone.train()
+    for _ in range(30):
+        opt.zero_grad()
+        F.cross_entropy(head(backbone.features(train.x)), train.y).backward()
+        opt.step()
+    backbone.eval()
+    return head
+''',
         "head_on_source_logits": '''
 def train_probe(backbone, train):
     torch.manual_seed(0)
@@ -181,3 +195,7 @@ def train_probe(backbone, train):
 ''',
     },
 }
+
+# mistakes students make that must cost most of the question's points, not a sliver
+LOSE_MOST = {"q1": ["naive_exp"], "q2": ["alpha_not_over_r"],
+             "q4": ["trains_the_backbone_too"]}
