@@ -31,6 +31,24 @@ from .pretrain import split_classes
 from .runtime import device, seed_everything
 from .train import EarlyStopping, History, evaluate, fit
 
+# Sizes of book/07_finetuning.ipynb (read with ``profile().pick(SIZES)``); the ViT's own
+# shape and pre-training schedule are pretrain.SIZES.
+SIZES = {
+    "quick": {"shots": [1, 10, None], "seeds": [0, 1],
+              # (optimizer steps, batch size) for each number of labels per class
+              "budget": {1: (20, 32), 10: (20, 32), None: (30, 64)},
+              "patience_steps": 15, "ranks": [1, 4, 16], "rank_shots": 10,
+              "timing_n": 128, "timing_repeats": 2},
+    "full": {"shots": [1, 5, 10, 50, None], "seeds": [0, 1, 2, 3, 4],
+             "budget": {1: (50, 32), 5: (100, 32), 10: (150, 64), 50: (400, 128),
+                        None: (1500, 256)},
+             "patience_steps": 100, "ranks": [1, 2, 4, 8, 16, 32], "rank_shots": 50,
+             "timing_n": 2048, "timing_repeats": 3},
+    "smoke": {"shots": [1, 10, None], "seeds": [0], "ranks": [1, 4], "rank_shots": 10,
+              "budget": {1: (2, 32), 10: (2, 32), None: (2, 64)}, "timing_n": 128,
+              "timing_repeats": 1},
+}
+
 METHODS = ("scratch", "probe", "full", "last", "lora", "prompt")
 
 # Settings fixed in advance, one per method, and never tuned on test data (the learning rate
@@ -140,11 +158,6 @@ class LoRALinear(nn.Module):
         return merged
 
 
-def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def add_lora(model: nn.Module, targets=LORA_TARGETS, r: int = 4, alpha: float = 8.0) -> list[str]:
     """Wrap every ``nn.Linear`` whose name matches a pattern of ``targets`` in a
     :class:`LoRALinear`; return their names. Freeze the rest yourself (:func:`freeze`)."""
@@ -153,7 +166,7 @@ def add_lora(model: nn.Module, targets=LORA_TARGETS, r: int = 4, alpha: float = 
     if not names:
         raise ValueError(f"no nn.Linear in the model matches {targets}")
     for n in names:
-        _swap(model, n, LoRALinear(model.get_submodule(n), r, alpha))
+        model.set_submodule(n, LoRALinear(model.get_submodule(n), r, alpha))
     return names
 
 
@@ -162,20 +175,20 @@ def merge_lora(model: nn.Module) -> dict[str, LoRALinear]:
     the adapters taken out, for :func:`unmerge_lora`."""
     adapters = {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
     for n, m in adapters.items():
-        _swap(model, n, m.merge())
+        model.set_submodule(n, m.merge())
     return adapters
 
 
 def unmerge_lora(model: nn.Module, adapters: dict[str, LoRALinear]) -> None:
     """Put the adapters that :func:`merge_lora` took out back in place."""
     for n, m in adapters.items():
-        _swap(model, n, m)
+        model.set_submodule(n, m)
 
 
 def remove_lora(model: nn.Module) -> None:
     """Replace each adapter by its untouched base layer: the source model, bit for bit."""
     for n, m in [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]:
-        _swap(model, n, m.base)
+        model.set_submodule(n, m.base)
 
 
 # --- prompt tuning ----------------------------------------------------------------------------
