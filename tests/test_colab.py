@@ -141,7 +141,11 @@ def execute(colab, cells: list, name: str) -> list:
     started = time.perf_counter()
     client = NotebookClient(nb, km=km, timeout=600, allow_errors=False,
                             resources={"metadata": {"path": str(colab["cwd"])}})
-    client.execute(env=colab["env"])
+    try:
+        client.execute(env=colab["env"])
+    finally:  # a client handed its manager does not own the kernel: stop it here
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     colab["timings"][name] = time.perf_counter() - started
     return nb.cells
 
