@@ -25,7 +25,8 @@ from .data import Dataset, batches
 from .measure import (PRUNABLE, count_macs, median_latency, packed_state, saved_bytes,  # noqa: F401
                       unpack_state)
 from .quantize import (FakeQuant, Quantized, add_fake_quant, dequantize, fake_quantize,  # noqa: F401
-                       qparams, qrange, quantize, torchao_int8, weights_quantized)
+                       make_permanent, prunable, qparams, qrange, quantize, torchao_int8,
+                       weights_quantized)
 from .runtime import device as default_device
 from .train import train_one_epoch
 
@@ -80,11 +81,6 @@ class Mask(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w * self.mask
-
-
-def prunable(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers whose weights are pruned (Linear and Conv2d; biases are left alone), by name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
 
 
 def _count(amount: float | int, n: int) -> int:
@@ -162,15 +158,6 @@ def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.mask.clone() for name, m in prunable(model).items()
             if parametrize.is_parametrized(m, "weight")
             for p in m.parametrizations.weight if isinstance(p, Mask)}
-
-
-def make_permanent(model: nn.Module) -> nn.Module:
-    """Write the masked (or fake-quantized) weights into the layers and drop the
-    parametrizations, so the state_dict holds plain tensors with real zeros. In place."""
-    for m in prunable(model).values():
-        if parametrize.is_parametrized(m, "weight"):
-            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-    return model
 
 
 def sparsity(model: nn.Module, per_layer: bool = False) -> float | dict[str, float]:

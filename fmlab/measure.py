@@ -21,9 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .quantize import dequantize, quantize
-
-PRUNABLE = (nn.Linear, nn.Conv2d)
+from .quantize import PRUNABLE, dequantize, make_permanent, quantize
 
 
 def saved_bytes(obj: nn.Module | Mapping) -> int:
@@ -45,8 +43,6 @@ def packed_state(model: nn.Module, sparse: bool = True, bits: int | None = None)
     :func:`unpack_state` inverts it (exactly, up to the quantization)."""
     if bits not in (None, 8):
         raise ValueError("packed_state stores float32 values (bits=None) or int8 codes (bits=8)")
-    from .compress import make_permanent  # compress imports this module
-
     model = make_permanent(copy.deepcopy(model))
     weights = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
     packed = {}

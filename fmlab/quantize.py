@@ -30,6 +30,22 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 SCHEMES = ("symmetric", "affine")
+PRUNABLE = (nn.Linear, nn.Conv2d)  # the layers whose weights are pruned and quantized
+
+
+def prunable(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers whose weights are pruned (Linear and Conv2d; biases are left alone), by name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Write the masked (or fake-quantized) weights into the layers and drop the
+    parametrizations, so the state_dict holds plain tensors with real zeros. In place."""
+    for m in prunable(model).values():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    return model
+
 _EPS = torch.finfo(torch.float32).eps  # the observers' smallest scale
 
 
@@ -142,8 +158,6 @@ def add_fake_quant(model: nn.Module, bits: int, scheme: str = "symmetric",
     """Make every Linear and Conv2d layer of ``model`` compute with ``bits``-bit weights, one
     scale per output channel (``axis=0``) or per layer (``None``); in place. Biases and
     activations stay float32. Returns ``model``."""
-    from .compress import prunable  # compress imports this module
-
     for layer in prunable(model).values():
         if parametrize.is_parametrized(layer, "weight"):
             raise ValueError("this layer's weight is already parametrized (pruned or fake-quantized); "
@@ -157,8 +171,6 @@ def weights_quantized(model: nn.Module, bits: int, scheme: str = "symmetric",
     """Post-training quantization, simulated: a copy of ``model`` whose Linear and Conv2d weights
     are replaced by their ``bits``-bit values, per output channel (``axis=0``) or per layer
     (float32 tensors holding exactly the values the integer codes stand for)."""
-    from .compress import prunable  # compress imports this module
-
     model = copy.deepcopy(model)
     with torch.no_grad():
         for layer in prunable(model).values():
