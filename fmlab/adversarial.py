@@ -360,17 +360,18 @@ def adversarial_training_step(model: nn.Module, optimizer: torch.optim.Optimizer
     maximiser with :func:`pgd` (model in eval mode), then take an optimizer step on the loss
     at it with the model in train mode. Gradients are zeroed first, so calls never
     accumulate. Returns the batch's adversarial loss; each submodule's mode is restored. A nan
-    or inf loss raises :class:`~fmlab.monitor.NonFiniteLossError`, as in :func:`fmlab.train.fit`.
+    or inf loss raises :class:`~fmlab.monitor.NonFiniteLossError`, as in :func:`fmlab.train.fit`,
+    before the optimizer step, so the weights are left as they were.
     """
     x_adv = pgd(model, x, y, eps, alpha, steps, random_start=random_start, generator=generator)
     with train_mode(model):
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x_adv), y)
+        value = loss.item()
+        if not math.isfinite(value):  # before the step: the weights stay as they were
+            raise non_finite_loss(value, "in this adversarial-training step")
         loss.backward()
         optimizer.step()
-    value = loss.item()
-    if not math.isfinite(value):
-        raise non_finite_loss(value, "in this adversarial-training step")
     return value
 
 

@@ -255,8 +255,11 @@ def test_adversarial_training_step_stops_at_a_non_finite_loss(sample):
     model = small_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=float("inf"))
     adversarial_training_step(model, opt, x, y, 0.1, 0.05, 1)  # finite: the weights were
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(NonFiniteLossError, match="adversarial-training step\\. Try a smaller"):
         adversarial_training_step(model, opt, x, y, 0.1, 0.05, 1)
+    for k, v in model.state_dict().items():  # no step was taken on the bad loss
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0, equal_nan=True, msg=k)
 
 
 def test_adversarial_training_step_matches_a_manual_step(sample):
