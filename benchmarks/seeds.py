@@ -42,6 +42,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from full_profile import recorded as recorded_numbers  # noqa: E402  (benchmarks/full_profile.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ("native", "avx2", "default")
 
@@ -174,9 +177,6 @@ def run(path: str, seed: int, kernel: str, timeout: int) -> dict:
     after = os.times()
     cpu = (after.children_user - before.children_user) + (after.children_system
                                                           - before.children_system)
-    sys.path.insert(0, str(Path(__file__).parent))
-    from full_profile import recorded as recorded_numbers  # benchmarks/full_profile.py
-
     errors = [f"cell {i}: {o['ename']}: {o['evalue'][:300]}"
               for i, cell in enumerate(nb.cells[1:-1]) for o in cell.get("outputs", [])
               if o.get("output_type") == "error"]

@@ -102,7 +102,7 @@ def site(tmp_path_factory):
     config["execute"]["timeout"] = 120
     (src / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     jb = Path(sys.executable).parent / "jupyter-book"
-    for attempt in range(2):
+    for _ in range(2):
         shutil.rmtree(tmp / "out", ignore_errors=True)
         run = subprocess.run([str(jb), "build", str(src), "--path-output", str(tmp / "out")],
                              capture_output=True, text=True,
