@@ -2,8 +2,9 @@
 
 ``record("compress_int8_accuracy", acc)`` stores a measured value under a name with myst-nb's
 ``glue`` (without showing it), so the results page quotes the number the chapter's own run
-produced and nothing is typed twice. Where myst-nb is not installed (Colab), it does nothing.
-The value is returned, so a cell can record and use it in one line.
+produced and nothing is typed twice. Where myst-nb is not installed (Colab), nothing is glued.
+Either way :func:`recorded` lists the names this process recorded, so a run can be compared
+with the page. The value is returned, so a cell can record and use it in one line.
 
 The page pastes it with ``{glue:text}`05_compression.ipynb::compress_int8_accuracy:.1%```; a
 format spec like ``.1%`` needs a plain number, so one-element tensors and NumPy scalars are
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_recorded: dict[str, None] = {}  # the names recorded in this process, in order
 
 
 def plain(value):
@@ -32,12 +34,18 @@ def record(name: str, value):
     if not isinstance(name, str) or not NAME.match(name):
         raise ValueError(f"result names are lowercase letters, digits and '_', starting with "
                          f"the chapter's short name (e.g. 'compress_int8_accuracy'), got {name!r}")
+    _recorded[name] = None
     try:
         from myst_nb import glue
     except ImportError:
         return value
     glue(name, plain(value), display=False)
     return value
+
+
+def recorded() -> list[str]:
+    """The names :func:`record` has stored in this process (this kernel), in order."""
+    return list(_recorded)
 
 
 GLUE = re.compile(r"\{glue(?::\w+)?\}`([^`:]+\.ipynb)::(\w+)(?::[^`]*)?`")

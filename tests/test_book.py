@@ -212,7 +212,7 @@ RECORD = re.compile(r"""\brecord\(\s*["']([a-z0-9_]+)["']""")
 def test_results_page_quotes_the_keys_chapters_record():
     """Statically, what can be seen without running: every key a chapter records by its
     literal name is quoted, and every quoted notebook exists and records something. The keys a
-    chapter builds at run time are compared with the page when tests/test_smoke_profile.py
+    chapter builds at run time are compared with the page when tests/test_colab.py
     executes it."""
     page = quoted((ROOT / "book" / "results.md").read_text(encoding="utf-8"))
     for path in sorted(ROOT.glob("book/*.ipynb")):
