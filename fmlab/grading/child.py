@@ -1,31 +1,36 @@
 """The grading child: runs a submission's cells, then the student's side of each case.
 
 Explained in book/instructors.md. Started by :mod:`fmlab.grading.runner`, behind the boundary
-of :mod:`fmlab.grading.boundary`, as ``python -I -m fmlab.grading.child JOB_FD PROGRESS_FD``,
+of :mod:`fmlab.grading.boundary`, as ``python -I -m fmlab.grading.child JOB_FD PROGRESS_FD CASES_FD``,
 with a scrubbed environment, a fresh working folder, no stdin and a memory limit.
 
 The job (plain data, read from the open file JOB_FD with ``weights_only=True``) names the
-public checks file, the notebook's code cells (already converted by IPython's input
-transformer) and the cases to run, with inputs the parent chose. The child:
+public checks file and the notebook's code cells (already converted by IPython's input
+transformer); no case is in it. The child:
 
 1. imports torch, fmlab, the public checks and the modules they declare (``MODULES``), then
    installs the audit hook of :mod:`fmlab.grading.sandbox`;
 2. executes the code cells in order in one namespace that has what a notebook has
    (``display``, ``get_ipython()``); a cell that raises (``SystemExit`` included) is recorded and
    the next cell runs;
-3. for each case calls ``question.run(ns, case)``, converts the value with ``to_data`` and saves
-   it at once as its own file (written atomically), so a later crash loses nothing.
+3. says ``ready``, then reads the cases from the pipe CASES_FD, one at a time: the parent sends
+   the next only once the last one's result has come back, so no case's inputs exist in this
+   process before the notebook's cells have run or before the case begins;
+4. for each case calls ``question.run(ns, case)``, converts the value with ``to_data`` and saves
+   it at once as its own file (written atomically), then says ``done``.
 
 Each cell and case stops itself at its CPU-time limit (``ITIMER_PROF``) or at its wall-clock
 ceiling, :data:`~fmlab.grading.messages.WALL_RATIO` times longer (``ITIMER_REAL``); the parent
-enforces both from outside too. Progress goes as lines on the pipe PROGRESS_FD (``start``,
-``cell i``, ``ready``, ``case k``, ``done k``, ``finished``). Nothing this process writes is
-trusted: the parent re-checks every value and grades it itself.
+enforces both from outside, with its own clock. Progress goes as lines on the pipe PROGRESS_FD
+(``start``, ``cell i``, ``ready``, ``done k``, ``finished``). Nothing this process writes is
+trusted: the parent re-checks every value and grades it itself, and a forged line gains nothing
+(a ``done`` sent early only ends the case without its result).
 """
 from __future__ import annotations
 
 import builtins
 import importlib
+import io
 import os
 import resource
 import signal
@@ -81,9 +86,10 @@ class Shell:
 
 
 class Child:
-    def __init__(self, job: dict, progress_fd: int):
+    def __init__(self, job: dict, progress_fd: int, cases_fd: int):
         self.job = job
         self.progress = progress_fd
+        self.cases = cases_fd
         self.memory_mb = int(job.get("memory_mb", 0))
         self.cell_errors: list[str] = []
 
@@ -111,6 +117,30 @@ class Child:
         finally:
             signal.setitimer(signal.ITIMER_PROF, 0)
             signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _read(self, n: int) -> bytes | None:
+        data = bytearray()
+        while len(data) < n:
+            chunk = os.read(self.cases, min(n - len(data), 1 << 20))
+            if not chunk:
+                return None
+            data += chunk
+        return bytes(data)
+
+    def next_case(self) -> dict | None:
+        """The next case from the parent (``<length>\\n`` and that many bytes of a saved dict),
+        or None when it sends ``0`` or is gone."""
+        import torch
+
+        header = b""
+        while not header.endswith(b"\n"):
+            byte = os.read(self.cases, 1)
+            if not byte or len(header) > 20:
+                return None
+            header += byte
+        size = int(header) if header.strip().isdigit() else 0
+        data = self._read(size) if size else None
+        return None if data is None else torch.load(io.BytesIO(data), weights_only=True)
 
     def run_cells(self, ns: dict) -> None:
         limit = float(self.job["cell_timeout"])
@@ -192,13 +222,12 @@ class Child:
         shell = Shell(ns, self.cell_errors)
         ns["get_ipython"] = lambda: shell
         self.run_cells(ns)
-        self.emit("ready")
         notes = {"ok": True, "value": {"cell_errors": list(self.cell_errors)}}
         self.save(box, "notes.pt", notes)
+        self.emit("ready")  # the parent reads the notes now, before any case runs
         timed_out: set[str] = set()
-        for entry in self.job["cases"]:
+        while (entry := self.next_case()) is not None:
             index, qid = entry["index"], entry["qid"]
-            self.emit(f"case {index}")
             if qid in timed_out:  # the next case would most likely hang too: save the time
                 result = {"ok": False, "error": f"not run: an earlier case of {qid} timed out"}
             else:
@@ -224,11 +253,11 @@ def _limit_self(memory_mb: int) -> None:
 def main(argv: list[str]) -> None:
     import torch
 
-    with os.fdopen(int(argv[1]), "rb") as f:  # the parent keeps the case inputs
+    with os.fdopen(int(argv[1]), "rb") as f:
         job = torch.load(f, weights_only=True)
     if job.get("memory_mb"):
         _limit_self(int(job["memory_mb"]))
-    Child(job, int(argv[2])).main()
+    Child(job, int(argv[2]), int(argv[3])).main()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # skip atexit handlers and finalizers the student may have registered

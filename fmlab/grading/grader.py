@@ -157,21 +157,28 @@ def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, l
     questions, hidden, data = _load_lab(checks, tests, lab, only)
     entries = _entries(questions, hidden, limits, checks, prepare=nb is not None)
 
+    by_id = {q.id: q for q in questions}
+
+    def grade(e: Entry) -> None:  # as each result arrives; the parent then drops it
+        e.result = _grade_case(by_id[e.qid], e)
+
     if nb is not None:
         deadline = t0 + limits.total_timeout
         outcome = run_in_children(entries, code_cells(nb), checks.resolve(), limits,
                                   _protected_paths(tests, results_path, submission, checks, data)
-                                  + [str(Path(p).resolve()) for p in protect], deadline)
+                                  + [str(Path(p).resolve()) for p in protect], deadline, grade)
         report.notes += outcome.notes
         report.children = outcome.children
     else:
         for e in entries:
             e.error = report.error
+    for e in entries:  # what did not come back (its error may have grown since)
+        if e.result is None or e.error is not None:
+            grade(e)
     for q in questions:
-        mine = [e for e in entries if e.qid == q.id]
         report.questions.append(QuestionReport(
             q.id, q.title, q.points,
-            [CaseReport(e.name, e.hidden, *_astuple(_grade_case(q, e))) for e in mine]))
+            [CaseReport(e.name, e.hidden, *_astuple(e.result)) for e in entries if e.qid == q.id]))
     report.execution_time = time.monotonic() - t0
     return report
 

@@ -11,16 +11,19 @@ torch thread by default, so that its threads never wait for each other on a busy
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import queue
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
 GRACE_S = 3.0  # the child stops itself at a limit; the parent kills it this much later
 STARTUP_S = 120.0  # wall time to start the child and import torch, fmlab and the checks
+CLOSING_S = 5.0  # CPU seconds for the child to exit once it has been sent its last case
 
 
 class GradingError(RuntimeError):
@@ -93,6 +97,17 @@ def child_env(workdir: str, limits: Limits, private_tmp: bool = False) -> dict:
     }
 
 
+def tail(path: Path, size: int) -> str:
+    """The last ``size`` bytes of the child's log, as text (the log may be as large as the
+    child's file-size limit: it is never read whole)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read(size).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def _private(path: Path):
     """``path`` opened for writing, readable by its owner only."""
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
@@ -128,22 +143,46 @@ class Child:
             f.write(json.dumps(cfg).encode())
         job_fd, cfg_fd = os.open(job_file, os.O_RDONLY), os.open(cfg_file, os.O_RDONLY)
         read_fd, write_fd = os.pipe()
+        cases_read, self.cases_fd = os.pipe()  # the case inputs, sent one at a time
         cmd = [*iso.prefix(), sys.executable, "-I", "-S", boundary.PROGRAM, str(cfg_fd), "--",
-               sys.executable, "-I", "-m", "fmlab.grading.child", str(job_fd), str(write_fd)]
+               sys.executable, "-I", "-m", "fmlab.grading.child", str(job_fd), str(write_fd),
+               str(cases_read)]
         try:
             with _private(self.log) as log:
                 self.proc = subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     env=child_env(str(self.work), limits, iso.namespaces), cwd=str(self.work),
-                    pass_fds=(write_fd, job_fd, cfg_fd), start_new_session=True)
+                    pass_fds=(write_fd, job_fd, cfg_fd, cases_read), start_new_session=True)
         finally:
-            for fd in (write_fd, job_fd, cfg_fd):
+            for fd in (write_fd, job_fd, cfg_fd, cases_read):
                 os.close(fd)
+        # A thread writes the cases, so that a child that does not read cannot block the parent
+        self.outbox: queue.Queue = queue.Queue()
+        self.writer = threading.Thread(target=self._write_cases, daemon=True)
+        self.writer.start()
         self.fd = read_fd
         self.buffer = b""
         self.pid: int | None = None if iso.namespaces else self.proc.pid  # the Python child
         self.progress: Progress | None = None
         self.stopped: str | None = None  # why the parent stopped it, if it did
+
+    def send(self, case: dict | None) -> None:
+        """Send the child one case (plain data), or None: there are no more."""
+        if case is None:
+            self.outbox.put(b"0\n")
+            return
+        buf = io.BytesIO()
+        torch.save(case, buf)
+        self.outbox.put(b"%d\n" % buf.tell() + buf.getvalue())
+
+    def _write_cases(self) -> None:
+        while (data := self.outbox.get()) is not None:
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(self.cases_fd, view):]
+            except OSError:  # the child is gone
+                return
 
     def attach(self) -> None:
         """Learn the child's pid: in a PID namespace, the first process, child of unshare."""
@@ -165,6 +204,7 @@ class Child:
             return None
         self.buffer += data
         *complete, self.buffer = self.buffer.split(b"\n")
+        self.buffer = self.buffer[-256:]  # a progress line is short: a flood is not kept
         return [c.decode("ascii", "replace").strip() for c in complete]
 
     def kill(self) -> None:
@@ -200,22 +240,43 @@ class Child:
                 pass
         if not boundary.sweep(uid=self.uid):
             raise GradingError("a process of the student's code could not be killed")
+        self.outbox.put(None)
+        self.writer.join(timeout=10)  # a write to a dead child fails at once (EPIPE)
         os.close(self.fd)
+        os.close(self.cases_fd)
 
 
 class Progress:
-    """Where the child is: its phase, the current cell or case, and when that began."""
+    """Where the child is: its phase, the current cell or case, and when that began.
 
-    def __init__(self, child: Child, remaining: list[Entry], limits: Limits):
+    The parent sends each case and starts its clock; a case ends when the child says ``done``
+    for it (its result is then read, whether or not the child wrote one) or at its limit.
+    ``arrived(entry)`` is called for each case that ended with a ``done``, ``notes()`` once the
+    cells have run."""
+
+    def __init__(self, child: Child, remaining: list[Entry], limits: Limits,
+                 arrived: Callable[[Entry], None], notes: Callable[[], None]):
         self.child, self.limits = child, limits
-        self.by_index = {e.index: e for e in remaining}
-        self.order = [e.index for e in remaining]
+        self.arrived, self.notes = arrived, notes
+        self.order = list(remaining)
         self.phase, self.limit = "startup", STARTUP_S
         self.wall0, self.cpu0 = time.monotonic(), 0.0
         self.last_cell, self.pos, self.current, self.finished = -1, 0, None, False
 
     def begin(self, limit: float) -> None:
         self.limit, self.wall0, self.cpu0 = limit, time.monotonic(), self.child.cpu()
+
+    def send_next(self) -> None:
+        if self.pos < len(self.order):
+            self.current = self.order[self.pos]
+            self.pos += 1
+            self.child.send({"index": self.current.index, "qid": self.current.qid,
+                             "case": self.current.case, "timeout": self.current.timeout})
+            self.begin(self.current.timeout)
+        else:
+            self.current, self.phase = None, "closing"
+            self.child.send(None)
+            self.begin(CLOSING_S)
 
     def read(self, line: str) -> None:
         kind, _, arg = line.partition(" ")
@@ -229,15 +290,12 @@ class Progress:
             self.begin(self.limits.cell_timeout)
         elif kind == "ready" and self.phase == "cells":
             self.phase = "cases"
-        elif kind == "case" and self.phase == "cases" and arg.lstrip("-").isdigit():
-            # only the next expected case may start: progress lines never move backwards
-            if self.pos < len(self.order) and int(arg) == self.order[self.pos]:
-                self.current = self.by_index[self.order[self.pos]]
-                self.pos += 1
-                self.begin(self.current.timeout)
+            self.notes()
+            self.send_next()
         elif kind == "done" and self.current is not None and arg == str(self.current.index):
-            self.current = None
-        elif kind == "finished" and self.phase == "cases":
+            self.arrived(self.current)
+            self.send_next()
+        elif kind == "finished" and self.phase == "closing":
             self.finished = True
 
     def over(self, deadline: float) -> str | None:
@@ -250,8 +308,6 @@ class Progress:
             if wall > STARTUP_S:
                 return f"the grading process did not start within {STARTUP_S:g} s"
             return None
-        if self.phase == "cases" and self.current is None:
-            return None  # between cases: the child is saving a result
         cpu = self.child.cpu() - self.cpu0
         if cpu > self.limit + GRACE_S:
             return messages.cpu_limit(self.limit, cpu, wall)
@@ -260,9 +316,10 @@ class Progress:
         return None
 
 
-def watch(child: Child, remaining: list[Entry], limits: Limits, deadline: float) -> None:
-    """Follow one child's progress and enforce the hard limits."""
-    progress = child.progress = Progress(child, remaining, limits)
+def watch(child: Child, remaining: list[Entry], limits: Limits, deadline: float,
+          arrived: Callable[[Entry], None], notes: Callable[[], None]) -> None:
+    """Follow one child's progress, send it its cases, and enforce the hard limits."""
+    progress = child.progress = Progress(child, remaining, limits, arrived, notes)
     while True:
         lines = child.lines(0.5)
         if lines is None or (not lines and child.proc.poll() is not None):
@@ -276,7 +333,5 @@ def watch(child: Child, remaining: list[Entry], limits: Limits, deadline: float)
             break
     child.proc.wait()
     if progress.phase == "startup":
-        log = child.log.read_bytes() if child.log.exists() else b""
-        tail = log[-3000:].decode("utf-8", "replace")
         raise GradingError(f"the grading process could not start "
-                           f"(status {child.proc.returncode}):\n{tail}")
+                           f"(status {child.proc.returncode}):\n{tail(child.log, 3000)}")
