@@ -236,8 +236,13 @@ def describe(value: Data) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def expect_close(got: Data, expected: torch.Tensor, *, atol: float = 1e-6, rtol: float = 1e-5,
-                 check_dtype: bool = True, what: str = "the result") -> Result:
-    """Pass when ``got`` is a tensor of the expected shape (and dtype) within tolerance."""
+                 check_dtype: bool | None = None, what: str = "the result") -> Result:
+    """Pass when ``got`` is a tensor of the expected shape within tolerance.
+
+    ``check_dtype``: ``True`` where the lab states the dtype (it must then match exactly);
+    ``None``, the default, where it does not: any floating dtype stands for a floating one
+    (a value accumulated in float64 is as right as one in float32), any other dtype must
+    match; ``False``: any dtype, converted to the expected one."""
     if not isinstance(expected, torch.Tensor):
         expected = torch.as_tensor(expected)
     if isinstance(got, (int, float)) and not isinstance(got, bool) and expected.numel() == 1:
@@ -249,7 +254,8 @@ def expect_close(got: Data, expected: torch.Tensor, *, atol: float = 1e-6, rtol:
             got = got.reshape(expected.shape)
         else:
             return Result.fail(f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}")
-    if check_dtype and got.dtype != expected.dtype:
+    either_float = got.dtype.is_floating_point and expected.dtype.is_floating_point
+    if got.dtype != expected.dtype and (check_dtype or (check_dtype is None and not either_float)):
         return Result.fail(f"{what} has dtype {got.dtype}, expected {expected.dtype}")
     if not got.dtype.is_floating_point and expected.dtype.is_floating_point:
         got = got.to(expected.dtype)

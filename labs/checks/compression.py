@@ -48,12 +48,17 @@ def _randn(*shape, seed=0, scale=1.0, dtype=torch.float32):
 # ---------------------------------------------------------------------------------------------
 
 def reference_masks(weights: list[torch.Tensor], amount: float) -> list[torch.Tensor]:
-    scores = torch.cat([w.abs().flatten() for w in weights])
-    keep = torch.ones_like(scores)
-    k = round(amount * scores.numel())
-    if k:
-        keep[torch.topk(scores, k, largest=False).indices] = 0
-    return [m.view_as(w) for m, w in zip(keep.split([w.numel() for w in weights]), weights)]
+    """PyTorch's global L1 pruning masks for the tensors ``weights`` (one layer each)."""
+    from torch.nn.utils import prune
+
+    holders = []
+    for w in weights:
+        holder = torch.nn.Module()
+        holder.weight = torch.nn.Parameter(w.detach().clone())
+        holders.append(holder)
+    prune.global_unstructured([(h, "weight") for h in holders],
+                              pruning_method=prune.L1Unstructured, amount=float(amount))
+    return [h.weight_mask.detach() for h in holders]
 
 
 def _weights(case: dict) -> list[torch.Tensor]:
@@ -174,7 +179,7 @@ def grade_q2(case, got):
                            f"reference (largest difference {int(off.max())})")
     q_ref, s_ref, z_ref = case["codes"]
     return expect_close(got["x_hat"], dequantize(q_ref, s_ref, z_ref, axis=0), atol=1e-6,
-                        rtol=1e-6, what="dequantize_per_channel(q, scale, zero_point)")
+                        rtol=1e-6, check_dtype=True, what="dequantize_per_channel(q, scale, zero_point)")
 
 
 CASES_Q2 = [

@@ -73,7 +73,7 @@ def grade_q1(case, got):
     expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(),
                                               attn_mask=case["mask_tensor"]).to(q.dtype)
     tol = dict(atol=1e-10, rtol=1e-8) if q.dtype == torch.float64 else dict(atol=1e-5, rtol=1e-4)
-    return expect_close(got, expected, **tol, what="the attention output")
+    return expect_close(got, expected, **tol, check_dtype=True, what="the attention output")
 
 
 # --- q2: LoRALinear ------------------------------------------------------------------------------

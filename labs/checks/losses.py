@@ -36,7 +36,9 @@ BCE = ("torch.nn.functional.binary_cross_entropy_with_logits", "torch.binary_cro
 
 
 def _tol(dtype: torch.dtype) -> dict:
-    return dict(atol=1e-12, rtol=1e-9) if dtype == torch.float64 else dict(atol=1e-6, rtol=1e-5)
+    """Tolerances for a result in ``dtype``, which the lab states (the input's dtype kept)."""
+    tol = dict(atol=1e-12, rtol=1e-9) if dtype == torch.float64 else dict(atol=1e-6, rtol=1e-5)
+    return dict(tol, check_dtype=True)
 
 
 def _randn(*shape, scale=1.0, seed=0, dtype=torch.float32):
@@ -180,7 +182,7 @@ def grade_q5(case, got):
     make_function(case)(x).backward()
     # Between the error of central differences (~eps^2, plus rounding) and that of forward
     # differences (~eps), so a forward-difference answer fails.
-    return expect_close(got, x.grad, atol=case["tol"], rtol=case["tol"],
+    return expect_close(got, x.grad, atol=case["tol"], rtol=case["tol"], check_dtype=True,
                         what=f"the numerical gradient of {case['f']}")
 
 
