@@ -149,3 +149,19 @@ def test_no_chapter_or_public_checks_file_defines_a_labs_exercise():
             found += [f"{where} defines {name}{sig}" for where, src in sources.items()
                       for sig in signatures(src, name) & asked]
     assert not found, found
+
+
+def test_single_file_grading_hides_the_classmates_beside_it():
+    """In a folder outside /tmp (the child's /tmp is its own), as an instructor's would be."""
+    import os
+    import shutil
+
+    subs = ROOT / "tests" / f".subs-{os.getpid()}"
+    subs.mkdir()
+    try:
+        write(subs, "a_classmate", attacks.master("cnn"))
+        thief = write(subs, "b_thief", attacks.classmate_reader(subs))
+        r = grade_notebook(thief, HIDDEN, limits=Limits(threads=1), only=["q1", "q2"])
+    finally:
+        shutil.rmtree(subs)
+    assert {q.id: q.score for q in r.questions} == {"q1": 0, "q2": 0}, r.table(True)

@@ -44,15 +44,28 @@ def load_hidden(tests: str | Path | None, lab: str, questions: list[Question]) -
     return hidden
 
 
+def _beside(submission: Path, needed: list[Path]) -> list[str]:
+    """What else sits beside the submission (a classmate's notebook, in a folder graded one
+    file at a time): the whole folder, or, where the grading itself needs something in it (the
+    checks, fmlab, Python), every notebook in it."""
+    folder = submission.parent
+    if any(n == folder or folder in n.parents for n in needed):
+        return [str(p) for p in folder.glob("*.ipynb")]
+    return [str(folder)]
+
+
 def _protected_paths(tests, results_path, submission: Path, checks: Path,
                      data: tuple[str, ...]) -> list[str]:
-    """What the student's code may not read: the hidden tests, the results, the submission file,
-    the masters next to the checks folder, and every dataset the checks do not declare in
-    ``DATA`` (with the data cache)."""
+    """What the student's code may not read: the hidden tests, the results, the submission and
+    what is beside it, the masters next to the checks folder, and every dataset the checks do
+    not declare in ``DATA`` (with the data cache)."""
     from ..data import NAMES, files
     from ..runtime import data_dir
 
+    needed = [checks.resolve(), Path(__file__).resolve().parents[1], Path(sys.prefix).resolve(),
+              Path(sys.base_prefix).resolve(), data_dir().resolve()]
     paths = [str(submission), str(Path(results_path).resolve()) if results_path else ""]
+    paths += _beside(submission, needed)
     if tests is not None:
         paths.append(str(Path(tests).resolve()))
     paths.append(str(data_dir()))
