@@ -11,6 +11,7 @@ The submissions are built in tests/fixtures/attacks.py.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -153,7 +154,6 @@ def test_no_chapter_or_public_checks_file_defines_a_labs_exercise():
 
 def test_single_file_grading_hides_the_classmates_beside_it():
     """In a folder outside /tmp (the child's /tmp is its own), as an instructor's would be."""
-    import os
     import shutil
 
     subs = ROOT / "tests" / f".subs-{os.getpid()}"
@@ -165,3 +165,36 @@ def test_single_file_grading_hides_the_classmates_beside_it():
     finally:
         shutil.rmtree(subs)
     assert {q.id: q.score for q in r.questions} == {"q1": 0, "q2": 0}, r.table(True)
+
+
+def test_correct_work_in_other_forms_keeps_its_marks(tmp_path):
+    """torchao imported (ctypes), q1's function compiled (``aot_eager``, the quick backend; the
+    default one was checked by hand: the same marks after about 25 s of compiling), a module
+    written with %%writefile and imported, %timeit with options and -o: full marks, no notes."""
+    from fmlab.grading.sandbox import Sandbox
+
+    r = grade_notebook(write(tmp_path, "forms", attacks.correct_work_in_other_forms("aot_eager")),
+                       HIDDEN, limits=Limits(threads=1), only=["q1"])
+    assert r.question("q1").score == 2.0 and not r.notes, r.table(True) + "\n".join(r.notes)
+    Sandbox([str(tmp_path)], [], [])._check_write(os.devnull, "writing")  # does not raise
+
+
+def test_the_parent_reads_the_source_a_disarmed_child_cannot_hide(tmp_path):
+    """With the child's forbid module disarmed, a direct reference still fails its question
+    (the parent read it in the source before anything ran); a name built at run time keeps
+    its score but is flagged for the instructor, in results.json's extra_data, the gradebook
+    and the instructor's table, not in what the student is shown."""
+    from fmlab.grading.report import write_gradebook
+
+    r = grade_notebook(write(tmp_path, "tampered", attacks.tampered_delegation()), HIDDEN,
+                       limits=Limits(threads=1), only=["q1", "q2"])
+    q1, q2 = r.question("q1"), r.question("q2")
+    assert q1.score == 0 and "asks you to write this yourself" in q1.output(True), q1.output(True)
+    assert "your code names F.softmax" in q1.output(True)
+    assert q2.score == q2.points, q2.output(True)  # what the scan cannot read keeps its score
+    assert list(r.flags) == ["q2"] and "getattr with a computed name" in r.flags["q2"][0], r.flags
+    assert r.to_gradescope()["extra_data"]["flags"] == r.flags
+    assert "FLAGGED" in r.table(show_hidden=True) and "FLAGGED" not in r.table()
+    assert "computed name" not in json.dumps(r.to_gradescope()["tests"]) + r.to_gradescope()["output"]
+    write_gradebook([r], tmp_path / "grades.csv")
+    assert "q2: getattr with a computed name" in (tmp_path / "grades.csv").read_text()

@@ -41,6 +41,34 @@ from .messages import WALL_RATIO, TimeLimit, cpu_limit, describe_error, wall_cei
 
 # Magics whose argument or body is ordinary code that a notebook runs (the rest do nothing).
 RUN_BODY_OF = {"time", "timeit", "capture", "prun"}
+# %timeit's options (IPython's "n:r:tcp:qo"): those that take a value, and the flags.
+TIMEIT_VALUES, TIMEIT_FLAGS = {"-n", "-r", "-p"}, {"-t", "-c", "-q", "-o"}
+
+
+def timeit_statement(line: str) -> tuple[str, bool]:
+    """``%timeit``'s line without its options (``-n 3``, ``-n3``, ``-r 2 -q -o``), and whether it
+    asked for a result (``-o``).
+
+    >>> timeit_statement("-n 3 -r2 -o -q f(x, -1)")
+    ('f(x, -1)', True)
+    >>> timeit_statement("x - 1")
+    ('x - 1', False)
+    """
+    words, i, result = line.split(" "), 0, False
+    while i < len(words):
+        word = words[i]
+        if word == "":
+            i += 1
+        elif word in TIMEIT_VALUES:
+            i += 2
+        elif word[:2] in TIMEIT_VALUES and word[2:].isdigit():
+            i += 1
+        elif word in TIMEIT_FLAGS:
+            result = result or word == "-o"
+            i += 1
+        else:
+            break
+    return " ".join(words[i:]), result
 
 
 def _cpu() -> float:
@@ -67,13 +95,35 @@ class Shell:
         exec(compile(TransformerManager().transform_cell(source), where, "exec"), self.user_ns)
 
     def run_cell_magic(self, name: str, line: str, cell: str):
+        if name == "writefile":  # into the working folder, which is on sys.path
+            args = line.split()
+            append = "-a" in args or "--append" in args
+            target = next((a for a in args if not a.startswith("-")), None)
+            if target is None:
+                self._notes.append("a %%writefile cell names no file")
+                return None
+            with open(target, "a" if append else "w", encoding="utf-8") as f:
+                f.write(cell)
+            return None
         if name not in RUN_BODY_OF:
             self._notes.append(f"a %%{name} cell was skipped while grading")
             return None
+        if name == "timeit":  # %%timeit -n 3 setup: the setup, then the body, once
+            setup, _ = timeit_statement(line)
+            self._run(setup, "<cell %%timeit setup>")
         self._run(cell, f"<cell %%{name}>")
 
     def run_line_magic(self, name: str, line: str, _stack_depth: int = 1):
-        if name in RUN_BODY_OF:  # %time x = f(): the statement runs, once
+        if name == "timeit":  # %timeit -n 3 -o f(): the statement runs once, timed
+            statement, result = timeit_statement(line)
+            start = time.perf_counter()
+            self._run(statement, "<line %timeit>")
+            if result:
+                from IPython.core.magics.execution import TimeitResult
+
+                took = time.perf_counter() - start
+                return TimeitResult(1, 1, took, took, [took], 0.0, 3)
+        elif name in RUN_BODY_OF:  # %time x = f(): the statement runs, once
             self._run(line, f"<line %{name}>")
 
     def getoutput(self, cmd, split=True):
@@ -214,6 +264,7 @@ class Child:
         questions = {q.id: q for q in load_questions(self.job["checks"], checks)}
         sys.dont_write_bytecode = True
         os.chdir(self.job["cwd"])
+        sys.path.insert(0, self.job["cwd"])  # as a notebook's folder is: %%writefile, then import
         box = sandbox_mod.install(self.job["writable"], self.job["forbidden"], [self.job["out"]],
                                   allow_processes=bool(self.job.get("processes")))
         self.emit("start")

@@ -20,6 +20,7 @@ from .report import CaseReport, QuestionReport, Report
 from .runner import Entry, GradingError, Limits, run_in_children
 from .messages import cores
 from .notebook import schema_problem
+from .scan import scan
 from .spec import Question, Result, case_name, declared, load_module, load_questions, seeded
 
 
@@ -171,6 +172,8 @@ def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, l
     entries = _entries(questions, hidden, limits, checks, prepare=nb is not None)
 
     by_id = {q.id: q for q in questions}
+    if nb is not None:
+        _scan(code_cells(nb), questions, entries, report)
 
     def grade(e: Entry) -> None:  # as each result arrives; the parent then drops it
         e.result = _grade_case(by_id[e.qid], e)
@@ -194,6 +197,20 @@ def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, l
             [CaseReport(e.name, e.hidden, *_astuple(e.result)) for e in entries if e.qid == q.id]))
     report.execution_time = time.monotonic() - t0
     return report
+
+
+def _scan(cells: list[str], questions: list[Question], entries: list[Entry], report: Report) -> None:
+    """The parent's reading of the source (:mod:`fmlab.grading.scan`): a question whose code
+    names a forbidden reference fails without running; what the scan cannot follow is flagged
+    for the instructor."""
+    for q in questions:
+        found = scan(cells, q.requires, q.forbid, q.id)
+        if found.flags:
+            report.flags[q.id] = found.flags
+        if found.problems:
+            for e in entries:
+                if e.qid == q.id:
+                    e.done, e.error = True, found.problems[0]
 
 
 def _astuple(r: Result) -> tuple[float, str]:

@@ -63,6 +63,8 @@ class Report:
     error: str | None = None  # why the notebook could not be graded at all
     execution_time: float = 0.0
     children: int = 0
+    # for the instructor only: what the source scan could not follow, by question
+    flags: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -96,7 +98,8 @@ class Report:
             "output": self.summary() or f"{self.lab}: graded {len(tests)} questions",
             "visibility": "visible", "stdout_visibility": "hidden", "tests": tests,
             "extra_data": {"lab": self.lab, "max_score": self.max_score,
-                           "submission": self.submission, "error": self.error},
+                           "submission": self.submission, "error": self.error,
+                           "flags": self.flags},  # Gradescope shows extra_data to staff only
         }
 
     def table(self, show_hidden: bool = False) -> str:
@@ -113,6 +116,9 @@ class Report:
             rows += [f"    {c.line(show_hidden)}" for c in q.cases if c.score < 1]
         rows.append(f"{'total':<{width}}  {self.score:6.2f} / {self.max_score:<5g} "
                     f"({self.execution_time:.1f} s)")
+        if show_hidden:  # the instructor's view: a student's CI log shows the plain table
+            for qid, reasons in self.flags.items():
+                rows.append(f"FLAGGED for review {qid}: {'; '.join(reasons)}")
         return "\n".join(rows)
 
 
@@ -131,11 +137,13 @@ def write_gradebook(reports: list[Report], path: str | Path) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             out = csv.writer(f)
-            out.writerow(["submission", "lab", "score", "max_score", *qids, "seconds", "error"])
+            out.writerow(["submission", "lab", "score", "max_score", *qids, "seconds", "error",
+                          "flags"])
             for r in reports:
                 by_id = {q.id: q.score for q in r.questions}
                 out.writerow([r.submission, r.lab or "", r.score, r.max_score,
                               *[by_id.get(q, "") for q in qids], round(r.execution_time, 1),
-                              (r.error or "")[:300]])
+                              (r.error or "")[:300],
+                              "; ".join(f"{q}: {', '.join(f)}" for q, f in r.flags.items())[:500]])
 
     atomic_write(path, write)
