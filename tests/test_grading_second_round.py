@@ -198,3 +198,39 @@ def test_the_parent_reads_the_source_a_disarmed_child_cannot_hide(tmp_path):
     assert "computed name" not in json.dumps(r.to_gradescope()["tests"]) + r.to_gradescope()["output"]
     write_gradebook([r], tmp_path / "grades.csv")
     assert "q2: getattr with a computed name" in (tmp_path / "grades.csv").read_text()
+
+
+def test_a_thread_the_answer_starts_meets_the_same_block(tmp_path):
+    """torch's function mode is per thread: an answer that hands the forbidden call to a worker
+    thread meets it there too; a notebook that imports threading is flagged."""
+    from fmlab.grading.forbid import blocked
+
+    x = torch.randn(2, 3)
+    with blocked(["torch.ops.aten._softmax"], "q1"):
+        with pytest.raises(RuntimeError, match="asks you to write this yourself"):
+            torch.ops.aten._softmax(x, 1, False)
+        errors = []
+
+        def worker():
+            try:
+                torch.ops.aten._softmax(x, 1, False)
+            except RuntimeError as err:
+                errors.append(str(err))
+
+        import threading
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+    assert errors and "asks you to write this yourself" in errors[0]
+    torch.ops.aten._softmax(x, 1, False)  # restored after the case
+    nb = attacks.with_cells(attacks.stub("losses"), """
+import threading
+from concurrent.futures import ThreadPoolExecutor
+def softmax(z, dim=-1):
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(torch.ops.aten._softmax, z, dim, False).result()
+""")
+    r = grade_notebook(write(tmp_path, "threads", nb), HIDDEN, limits=Limits(threads=1),
+                       only=["q1"])
+    assert r.question("q1").score == 0, r.question("q1").output(True)
+    assert "starts threads of its own" in " ".join(r.flags.get("notebook", [])), r.flags

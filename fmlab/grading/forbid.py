@@ -35,6 +35,7 @@ import dis
 import importlib
 import importlib.util
 import inspect
+import threading
 import types
 from typing import Iterable
 
@@ -173,6 +174,7 @@ class blocked:
         self.exercise = exercise
         self._swapped: list[tuple[types.FunctionType, types.CodeType]] = []
         self._mode: _Block | None = None
+        self._thread_run = None
 
     def __enter__(self):
         natives: dict[int, str] = {}
@@ -191,6 +193,17 @@ class blocked:
             if natives:
                 self._mode = _Block(natives, self.exercise)
                 self._mode.__enter__()
+                # torch's function mode holds for the thread that entered it: a thread the
+                # answer starts enters its own (one started before the case is not covered;
+                # the grader's source scan flags threads)
+                self._thread_run = run = threading.Thread.run
+                exercise = self.exercise
+
+                def run_blocked(thread):
+                    with _Block(natives, exercise):
+                        run(thread)
+
+                threading.Thread.run = run_blocked
         except BaseException:
             self._restore()
             raise
@@ -207,6 +220,8 @@ class blocked:
                 self._mode.__exit__(*exc)
                 self._mode = None
         finally:
+            if self._thread_run is not None:
+                threading.Thread.run, self._thread_run = self._thread_run, None
             self._restore()
         return False
 

@@ -12,8 +12,9 @@ touched. For each question it reads the functions and classes the question calls
 * flags it for a person where the code does what a scan cannot follow: ``__wrapped__``, stack
   frames, writes to file descriptors it did not open, the grading package, and dynamic code
   (``eval``, ``exec``, ``compile``, ``__import__``, ``importlib``, ``getattr`` with a computed
-  name). A flag changes no score; it reaches the instructor only (``results.json``'s
-  ``extra_data`` and the gradebook).
+  name), and, for the notebook as a whole, threads of its own (:func:`notebook_flags`). A flag
+  changes no score; it reaches the instructor only (``results.json``'s ``extra_data``, the
+  gradebook, the ``--show-hidden`` table).
 
 Only names inside the packages a question forbids are ever imported here: nothing the student
 wrote is imported or run in the grader's process.
@@ -21,6 +22,7 @@ wrote is imported or run in the grader's process.
 from __future__ import annotations
 
 import ast
+import threading
 from dataclasses import dataclass, field
 
 from .forbid import expand, message, resolve
@@ -39,11 +41,18 @@ class Findings:
     flags: list[str] = field(default_factory=list)  # for a person to look at
 
 
+# CPython 3.11's parser keeps its recursion depth in shared state: two threads parsing at once
+# (fmlab grade --jobs 2 grades in threads) can fail with "SystemError: AST constructor recursion
+# depth mismatch". One parse at a time.
+_PARSING = threading.Lock()
+
+
 def _parse(cells: list[str]) -> list[ast.stmt]:
     body: list[ast.stmt] = []
     for src in cells:
         try:
-            body += ast.parse(src).body
+            with _PARSING:
+                body += ast.parse(src).body
         except (SyntaxError, ValueError):
             continue  # the cell does not run either; the child says so
     return body
@@ -144,7 +153,9 @@ def _lookup(dotted: str, packages: set[str]) -> list[object]:
 
 
 def _subclasses_forbidden(obj, forbidden: dict[int, str]) -> str | None:
-    for base in getattr(obj, "__mro__", ())[1:]:
+    if not isinstance(obj, type):
+        return None
+    for base in obj.__mro__[1:]:
         if id(base) in forbidden:
             return forbidden[id(base)]
     return None
@@ -170,6 +181,27 @@ def scan(cells: list[str], requires: tuple[str, ...], forbid: tuple[str, ...],
     findings.problems = list(dict.fromkeys(findings.problems))
     findings.flags = list(dict.fromkeys(findings.flags))
     return findings
+
+
+THREADS = {"threading", "_thread", "concurrent"}
+
+
+def notebook_flags(cells: list[str]) -> list[str]:
+    """What the whole notebook does that no question's scan covers: threads. The runtime block
+    covers the threads an answer starts while its case runs; one started earlier by a cell,
+    waiting for work, is not."""
+    flags = []
+    for stmt in _parse(cells):
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            flags += [f"starts threads of its own ({m}, line {node.lineno} of its cell)"
+                      for m in modules if m.split(".")[0] in THREADS]
+    return list(dict.fromkeys(flags))
 
 
 def _flag(node: ast.AST, nb: Notebook, findings: Findings) -> None:

@@ -27,13 +27,12 @@ QUANTIZATION = ("fmlab.quantize.quantize", "fmlab.quantize.dequantize", "fmlab.q
                 "torch.quantize_per_tensor", "torch.fake_quantize_per_channel_affine",
                 "torch.fake_quantize_per_tensor_affine", "torch.dequantize",
                 "torch.Tensor.dequantize", "torch.Tensor.int_repr",
-                "torch.ao.quantization.observer.MinMaxObserver",
-                "torch.ao.quantization.observer.PerChannelMinMaxObserver")
+                "torch.ao.quantization.*")
 FAKE_QUANTIZATION = ("fmlab.quantize.fake_quantize", "fmlab.quantize.FakeQuant",
                      "fmlab.quantize.add_fake_quant", "fmlab.quantize.weights_quantized",
                      "torch.fake_quantize_per_channel_affine",
                      "torch.fake_quantize_per_tensor_affine",
-                     "torch.ao.quantization.fake_quantize.FakeQuantize")
+                     "torch.ao.quantization.*")
 DISTILLATION = ("fmlab.compress.distillation_loss", "fmlab.compress.distillation_grad",
                 "torch.nn.functional.kl_div", "torch.kl_div", "torch.nn.KLDivLoss")
 

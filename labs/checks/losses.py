@@ -20,19 +20,25 @@ from fmlab.grading import Question, expect_close
 
 FMLAB = ("fmlab.losses.*",)
 SOFTMAX = ("torch.softmax", "torch.nn.functional.softmax", "torch.Tensor.softmax",
-           "torch.special.softmax", "torch.nn.Softmax", "torch._softmax")
+           "torch.special.softmax", "torch.nn.Softmax", "torch._softmax",
+           "torch.ops.aten.softmax", "torch.ops.aten._softmax")
 LOG_SOFTMAX = ("torch.log_softmax", "torch.nn.functional.log_softmax", "torch.Tensor.log_softmax",
-               "torch.special.log_softmax", "torch.nn.LogSoftmax", "torch._log_softmax")
+               "torch.special.log_softmax", "torch.nn.LogSoftmax", "torch._log_softmax",
+               "torch.ops.aten.log_softmax", "torch.ops.aten._log_softmax")
 CROSS_ENTROPY = ("torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss",
                  "torch.nn.CrossEntropyLoss", "torch.nn.NLLLoss", "torch._C._nn.cross_entropy_loss",
-                 "torch._C._nn.nll_loss", "torch._C._nn.nll_loss_nd")
+                 "torch._C._nn.nll_loss", "torch._C._nn.nll_loss_nd",
+                 "torch.ops.aten.cross_entropy_loss", "torch.ops.aten.nll_loss",
+                 "torch.ops.aten.nll_loss_nd", "torch.ops.aten.nll_loss_forward")
 AUTOGRAD = ("torch.autograd.grad", "torch.autograd.backward", "torch.Tensor.backward",
             "torch.autograd.functional.jacobian", "torch.autograd.functional.vjp",
             "torch.func.grad", "torch.func.vjp", "torch.func.jacrev", "torch.func.jacfwd")
 BCE = ("torch.nn.functional.binary_cross_entropy_with_logits", "torch.binary_cross_entropy_with_logits",
        "torch.nn.functional.binary_cross_entropy", "torch._C._nn.binary_cross_entropy",
        "torch.nn.BCEWithLogitsLoss", "torch.nn.BCELoss", "torch.nn.functional.softplus",
-       "torch.nn.Softplus", "torch.nn.functional.logsigmoid", "torch.nn.LogSigmoid")
+       "torch.nn.Softplus", "torch.nn.functional.logsigmoid", "torch.nn.LogSigmoid",
+       "torch.ops.aten.binary_cross_entropy_with_logits", "torch.ops.aten.binary_cross_entropy",
+       "torch.ops.aten.softplus", "torch.ops.aten.log_sigmoid_forward")
 
 
 def _tol(dtype: torch.dtype) -> dict:
