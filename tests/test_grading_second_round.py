@@ -234,3 +234,16 @@ def softmax(z, dim=-1):
                        only=["q1"])
     assert r.question("q1").score == 0, r.question("q1").output(True)
     assert "starts threads of its own" in " ".join(r.flags.get("notebook", [])), r.flags
+
+
+def test_a_result_file_is_read_once_and_bounded(tmp_path):
+    """The child may still run while its result is read: the read stops at the cap, whatever
+    the file's size when it was checked."""
+    from fmlab.grading.runner import _load_result
+
+    path = tmp_path / "case-0.pt"
+    torch.save({"ok": True, "value": torch.zeros(1 << 20)}, path)  # 4 MB
+    value, error = _load_result(path, 16)
+    assert error is None and value.shape == (1 << 20,)
+    value, error = _load_result(path, 1)
+    assert value is None and "at most 1 MB may come back" in error, error

@@ -12,6 +12,7 @@ message says to regrade it.
 """
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -84,11 +85,15 @@ def _load_result(path: Path, file_mb: float) -> tuple[object, str | None]:
         info = os.fstat(f.fileno())
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             return None, "the result file is not a plain file of its own"
-        if info.st_size > file_mb * 2**20:
-            return None, (f"the result is {info.st_size / 2**20:.0f} MB; at most {file_mb:g} MB "
+        limit = int(file_mb * 2**20)
+        # read once, bounded: the child may still be running and could grow the file
+        data = f.read(limit + 1) if info.st_size <= limit else b""
+        if info.st_size > limit or len(data) > limit:
+            size = max(info.st_size, len(data))
+            return None, (f"the result is {size / 2**20:.0f} MB; at most {file_mb:g} MB "
                           "may come back from a case")
         try:
-            raw = torch.load(f, weights_only=True, map_location="cpu")
+            raw = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         except Exception as err:  # noqa: BLE001 - anything that is not plain data is refused
             return None, f"the returned value is not plain data ({type(err).__name__})"
     if type(raw) is not dict or type(raw.get("ok")) is not bool:
