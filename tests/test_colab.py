@@ -54,10 +54,11 @@ LAB = "02_losses"
 MASTERS = sorted(p.stem for p in (ROOT / "labs").glob("*.ipynb"))
 CHAPTERS = sorted(ROOT.glob("book/*.ipynb"))
 FALLBACK_NOTICE = "Using the bundled 5,000-image subset"
-# A notebook's longest cell takes about 60 s on a busy 2-core machine; one that has not answered
-# in CELL_TIMEOUT_S has stalled (the kernel idle, its reply lost: pyproject.toml's note on
-# ipykernel). The notebook then runs once more in a fresh kernel, and says so; a cell that
-# raises fails at once, and a second stall fails the test.
+# The longest notebook here took 134 s in all (chapter 5's smoke run, on 2 cores with avx2
+# kernels and a busy process beside it); a cell that has not answered in CELL_TIMEOUT_S has
+# stalled (the kernel idle, its reply lost: pyproject.toml's note on ipykernel). The notebook
+# then runs once more in a fresh kernel, and says so; a cell that raises fails at once, and a
+# second stall fails the test.
 CELL_TIMEOUT_S = 240
 KERNEL = "colab-standin"
 STUB = '"""Stand-in for Colab\'s google.colab: its presence is what notebooks test for."""\n'

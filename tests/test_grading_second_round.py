@@ -169,8 +169,9 @@ def test_single_file_grading_hides_the_classmates_beside_it():
 
 def test_correct_work_in_other_forms_keeps_its_marks(tmp_path):
     """torchao imported (ctypes), q1's function compiled (``aot_eager``, the quick backend; the
-    default one was checked by hand: the same marks after about 25 s of compiling), a module
-    written with %%writefile and imported, %timeit with options and -o: full marks, no notes."""
+    default one, inductor, was checked by hand: the same marks, 28.7 s for the whole grading),
+    a module written with %%writefile and imported, %timeit with options and -o: full marks, no
+    notes."""
     from fmlab.grading.sandbox import Sandbox
 
     r = grade_notebook(write(tmp_path, "forms", attacks.correct_work_in_other_forms("aot_eager")),

@@ -226,6 +226,11 @@ class blocked:
         return False
 
 
+def forbidden_ids(names: Iterable[str]) -> dict[int, str]:
+    """``id`` of each object ``names`` forbid (``.*`` expanded), to its dotted name."""
+    return {id(resolve(name)): name for name in expand(names)}
+
+
 def static_problems(value, names: Iterable[str], exercise: str = "this exercise") -> list[str]:
     """Why ``value`` (an answer from the student's namespace) is a forbidden reference, if it is.
 
@@ -233,9 +238,7 @@ def static_problems(value, names: Iterable[str], exercise: str = "this exercise"
     name one or a subclass of one (``return F.softmax(z, dim)``, ``from fmlab.losses import
     softmax``, ``MyConv(...)`` where ``class MyConv(nn.Conv2d)``).
     """
-    forbidden = {}
-    for name in expand(names):
-        forbidden[id(resolve(name))] = name
+    forbidden = forbidden_ids(names)
     problems = []
     if id(value) in forbidden:
         return [message(forbidden[id(value)], exercise) + " (your answer is that function)"]

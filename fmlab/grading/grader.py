@@ -20,7 +20,7 @@ from .report import CaseReport, QuestionReport, Report
 from .runner import Entry, GradingError, Limits, run_in_children
 from .messages import cores
 from .notebook import schema_problem
-from .scan import notebook_flags, scan
+from .scan import Notebook, notebook_flags, scan
 from .spec import Question, Result, case_name, declared, load_module, load_questions, seeded
 
 
@@ -203,12 +203,17 @@ def _scan(cells: list[str], questions: list[Question], entries: list[Entry], rep
     """The parent's reading of the source (:mod:`fmlab.grading.scan`): a question whose code
     names a forbidden reference fails without running; what the scan cannot follow is flagged
     for the instructor."""
-    threads = notebook_flags(cells)
+    try:
+        nb = Notebook(cells)  # parsed once for every question
+        threads = notebook_flags(nb)
+    except Exception as err:  # noqa: BLE001 - odd source must not stop the grading
+        report.flags["notebook"] = [f"the source could not be scanned ({type(err).__name__})"]
+        return
     if threads:
         report.flags["notebook"] = threads
     for q in questions:
         try:
-            found = scan(cells, q.requires, q.forbid, q.id)
+            found = scan(nb, q.requires, q.forbid, q.id)
         except Exception as err:  # noqa: BLE001 - odd source must not stop the grading
             report.flags[q.id] = [f"the source could not be scanned ({type(err).__name__})"]
             continue

@@ -25,10 +25,9 @@ import ast
 import threading
 from dataclasses import dataclass, field
 
-from .forbid import expand, message, resolve
+from .forbid import forbidden_ids, message, resolve
 
-DYNAMIC = {"eval": "eval", "exec": "exec", "compile": "compile", "__import__": "__import__",
-           "importlib": "importlib"}
+DYNAMIC = {"eval", "exec", "compile", "__import__", "importlib"}
 FRAMES = {"_getframe", "currentframe", "stack", "getouterframes", "f_back", "f_globals",
           "f_locals", "f_builtins", "tb_frame"}
 FD_WRITES = {"os.write", "os.writev", "os.dup", "os.dup2", "os.fdopen", "os.pwrite",
@@ -70,12 +69,14 @@ def _dotted(node: ast.AST) -> str | None:
 
 
 class Notebook:
-    """The notebook's top-level definitions and the names its imports and aliases stand for."""
+    """The notebook's statements (parsed once), its top-level definitions and the names its
+    imports and aliases stand for."""
 
     def __init__(self, cells: list[str]):
+        self.body = _parse(cells)
         self.defs: dict[str, ast.AST] = {}
         self.aliases: dict[str, str] = {}
-        for stmt in _parse(cells):
+        for stmt in self.body:
             self._top(stmt)
 
     def _top(self, stmt: ast.stmt) -> None:
@@ -127,16 +128,6 @@ class Notebook:
         return list(dict.fromkeys(seen.values()))
 
 
-def _forbidden(names) -> dict[int, str]:
-    found = {}
-    for name in expand(names):
-        try:
-            found[id(resolve(name))] = name
-        except LookupError:
-            continue
-    return found
-
-
 def _lookup(dotted: str, packages: set[str]) -> list[object]:
     """The objects ``dotted`` passes through (``torch``, ``torch.nn``, ``torch.nn.Conv2d``),
     for names inside ``packages`` only."""
@@ -147,7 +138,7 @@ def _lookup(dotted: str, packages: set[str]) -> list[object]:
     for cut in range(1, len(parts) + 1):
         try:
             objects.append(resolve(".".join(parts[:cut])))
-        except (LookupError, ImportError, Exception):  # noqa: BLE001 - a name that is not there
+        except Exception:  # noqa: BLE001 - a name that is not there, or fails to import
             break
     return objects
 
@@ -161,12 +152,11 @@ def _subclasses_forbidden(obj, forbidden: dict[int, str]) -> str | None:
     return None
 
 
-def scan(cells: list[str], requires: tuple[str, ...], forbid: tuple[str, ...],
+def scan(nb: Notebook, requires: tuple[str, ...], forbid: tuple[str, ...],
          exercise: str) -> Findings:
-    """What the code of ``requires`` (and what it names) does, read from ``cells``."""
-    nb = Notebook(cells)
+    """What the code of ``requires`` (and what it names) does, read from the notebook."""
     findings = Findings()
-    forbidden = _forbidden(forbid)
+    forbidden = forbidden_ids(forbid)
     packages = {name.split(".")[0] for name in forbidden.values()}
     for definition in nb.reachable(requires):
         for node in ast.walk(definition):
@@ -186,12 +176,12 @@ def scan(cells: list[str], requires: tuple[str, ...], forbid: tuple[str, ...],
 THREADS = {"threading", "_thread", "concurrent"}
 
 
-def notebook_flags(cells: list[str]) -> list[str]:
+def notebook_flags(nb: Notebook) -> list[str]:
     """What the whole notebook does that no question's scan covers: threads. The runtime block
     covers the threads an answer starts while its case runs; one started earlier by a cell,
     waiting for work, is not."""
     flags = []
-    for stmt in _parse(cells):
+    for stmt in nb.body:
         for node in ast.walk(stmt):
             if isinstance(node, ast.Import):
                 modules = [a.name for a in node.names]
