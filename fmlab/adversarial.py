@@ -360,8 +360,9 @@ def adversarial_training_step(model: nn.Module, optimizer: torch.optim.Optimizer
     maximiser with :func:`pgd` (model in eval mode), then take an optimizer step on the loss
     at it with the model in train mode. Gradients are zeroed first, so calls never
     accumulate. Returns the batch's adversarial loss; each submodule's mode is restored. A nan
-    or inf loss raises :class:`~fmlab.monitor.NonFiniteLossError`, as in :func:`fmlab.train.fit`,
-    before the optimizer step, so the weights are left as they were.
+    or inf loss raises :class:`~fmlab.monitor.NonFiniteLossError` (the error
+    :func:`fmlab.train.fit` raises) before the optimizer step, so the weights are left as they
+    were.
     """
     x_adv = pgd(model, x, y, eps, alpha, steps, random_start=random_start, generator=generator)
     with train_mode(model):

@@ -161,7 +161,7 @@ def add_fake_quant(model: nn.Module, bits: int, scheme: str = "symmetric",
     for layer in prunable(model).values():
         if parametrize.is_parametrized(layer, "weight"):
             raise ValueError("this layer's weight is already parametrized (pruned or fake-quantized); "
-                             "make that permanent first (fmlab.compress.make_permanent)")
+                             "make that permanent first (make_permanent, in fmlab.quantize and fmlab.compress)")
         parametrize.register_parametrization(layer, "weight", FakeQuant(bits, scheme, axis))
     return model
 

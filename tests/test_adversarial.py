@@ -254,7 +254,8 @@ def test_adversarial_training_step_stops_at_a_non_finite_loss(sample):
     torch.manual_seed(0)
     model = small_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=float("inf"))
-    adversarial_training_step(model, opt, x, y, 0.1, 0.05, 1)  # finite: the weights were
+    # the first loss is finite; its step (lr = inf) makes the weights inf
+    adversarial_training_step(model, opt, x, y, 0.1, 0.05, 1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(NonFiniteLossError, match="adversarial-training step\\. Try a smaller"):
         adversarial_training_step(model, opt, x, y, 0.1, 0.05, 1)
