@@ -51,6 +51,8 @@ def timeit_statement(line: str) -> tuple[str, bool]:
 
     >>> timeit_statement("-n 3 -r2 -o -q f(x, -1)")
     ('f(x, -1)', True)
+    >>> timeit_statement("-qo -n1 f()")
+    ('f()', True)
     >>> timeit_statement("x - 1")
     ('x - 1', False)
     """
@@ -63,8 +65,8 @@ def timeit_statement(line: str) -> tuple[str, bool]:
             i += 2
         elif word[:2] in TIMEIT_VALUES and word[2:].isdigit():
             i += 1
-        elif word in TIMEIT_FLAGS:
-            result = result or word == "-o"
+        elif word[:1] == "-" and len(word) > 1 and {f"-{c}" for c in word[1:]} <= TIMEIT_FLAGS:
+            result = result or "o" in word[1:]  # -o, or flags run together: -qo
             i += 1
         else:
             break

@@ -99,7 +99,8 @@ class Report:
             "visibility": "visible", "stdout_visibility": "hidden", "tests": tests,
             "extra_data": {"lab": self.lab, "max_score": self.max_score,
                            "submission": self.submission, "error": self.error,
-                           "flags": self.flags},  # Gradescope shows extra_data to staff only
+                           # the instructor's view only: a student's CI run keeps results.json
+                           **({"flags": self.flags} if show_hidden else {})},
         }
 
     def table(self, show_hidden: bool = False) -> str:

@@ -13,8 +13,8 @@ touched. For each question it reads the functions and classes the question calls
   frames, writes to file descriptors it did not open, the grading package, and dynamic code
   (``eval``, ``exec``, ``compile``, ``__import__``, ``importlib``, ``getattr`` with a computed
   name), and, for the notebook as a whole, threads of its own (:func:`notebook_flags`). A flag
-  changes no score; it reaches the instructor only (``results.json``'s ``extra_data``, the
-  gradebook, the ``--show-hidden`` table).
+  changes no score; it reaches the instructor only (the gradebook, and with ``--show-hidden``
+  the table and ``results.json``'s ``extra_data``).
 
 Only names inside the packages a question forbids are ever imported here: nothing the student
 wrote is imported or run in the grader's process.

@@ -2,8 +2,8 @@
 
 ``run`` calls the student's function in the child process; ``grade`` computes the reference in
 the parent with captum (q1, q2, q4) or with :mod:`fmlab.explain_eval` (q3). While the student's
-code runs, fmlab's and captum's implementations of the same method are switched off
-(``forbid=``), so importing the answer does not pass.
+code runs, fmlab's implementation of the same method is switched off, and in q1, q2 and q4
+every captum attribution class too (``forbid=``), so importing the answer does not pass.
 
 Models are named in the cases and built the same way on both sides from a seed:
 

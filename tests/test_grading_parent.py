@@ -1,4 +1,4 @@
-"""The grading boundary, second round: what decides a score stays in the parent.
+"""What decides a score stays in the grader's own process, the parent.
 
 The parent keeps the clock (a forged progress line ends a case without its result, and the
 next case's clock runs), sends each case's inputs only when the case begins (so the notebook's
@@ -184,7 +184,7 @@ def test_the_parent_reads_the_source_a_disarmed_child_cannot_hide(tmp_path):
     """With the child's forbid module disarmed, a direct reference still fails its question
     (the parent read it in the source before anything ran); a name built at run time keeps
     its score but is flagged for the instructor, in results.json's extra_data, the gradebook
-    and the instructor's table, not in what the student is shown."""
+    and the instructor's table (--show-hidden), not in what the student is shown."""
     from fmlab.grading.report import write_gradebook
 
     r = grade_notebook(write(tmp_path, "tampered", attacks.tampered_delegation()), HIDDEN,
@@ -194,7 +194,8 @@ def test_the_parent_reads_the_source_a_disarmed_child_cannot_hide(tmp_path):
     assert "your code names F.softmax" in q1.output(True)
     assert q2.score == q2.points, q2.output(True)  # what the scan cannot read keeps its score
     assert list(r.flags) == ["q2"] and "getattr with a computed name" in r.flags["q2"][0], r.flags
-    assert r.to_gradescope()["extra_data"]["flags"] == r.flags
+    assert r.to_gradescope(show_hidden=True)["extra_data"]["flags"] == r.flags
+    assert "flags" not in r.to_gradescope()["extra_data"]  # a student's CI keeps results.json
     assert "FLAGGED" in r.table(show_hidden=True) and "FLAGGED" not in r.table()
     assert "computed name" not in json.dumps(r.to_gradescope()["tests"]) + r.to_gradescope()["output"]
     write_gradebook([r], tmp_path / "grades.csv")
