@@ -64,7 +64,7 @@ vendor:
 # notebook's cells, on one worker.
 # --durations lists the slowest tests, so a chapter or test that creeps past its budget shows.
 test: install
-	FMLAB_PROFILE=quick $(PY) -m pytest -n 2 --dist loadfile --durations=15
+	FMLAB_PROFILE=quick $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # Every chapter and master lab in the full profile on this machine's GPU, with each notebook's
 # time, the device and the recorded numbers beside the quick profile's (last make book) in

@@ -21,6 +21,7 @@ Without Chromium or Playwright the tests are skipped with one line that says how
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import os
@@ -107,9 +108,14 @@ def site(tmp_path_factory):
     for attempt in (1, 2):
         shutil.rmtree(tmp / "out", ignore_errors=True)
         started = time.monotonic()
-        run = subprocess.run([str(jb), "build", str(src), "--path-output", str(tmp / "out")],
-                             capture_output=True, text=True,
-                             env={**os.environ, "FMLAB_PROFILE": "quick"})
+        with _busiest_processes() as busiest:
+            run = subprocess.run([str(jb), "build", str(src), "--path-output", str(tmp / "out")],
+                                 capture_output=True, text=True,
+                                 env={**os.environ, "FMLAB_PROFILE": "quick"})
+        took = time.monotonic() - started
+        if took > SLOW_BUILD_S:  # it takes 15-25 s, alone or beside the grading tests
+            warnings.warn(f"the small site's build took {took:.0f} s; what ran meanwhile, every "
+                          f"{SAMPLE_S} s:\n" + "\n".join(busiest))
         if run.returncode == 0 and "Executing notebook failed" not in run.stdout + run.stderr:
             break
         if attempt == 1:  # shown in the warnings summary, so a stall is counted, not hidden
@@ -122,6 +128,31 @@ def site(tmp_path_factory):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", html, tmp
     server.shutdown()
+
+
+SLOW_BUILD_S, SAMPLE_S = 60, 10
+
+
+@contextlib.contextmanager
+def _busiest_processes():
+    """Every SAMPLE_S seconds, the three processes using the most CPU (ps), while the block
+    runs: a slow build then says what else the machine was doing."""
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.wait(SAMPLE_S):
+            ps = subprocess.run(["ps", "-eo", "pcpu,etimes,args", "--sort=-pcpu"],
+                                capture_output=True, text=True)
+            samples.append(" | ".join(line.strip()[:100]
+                                      for line in ps.stdout.splitlines()[1:4]))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
