@@ -74,6 +74,7 @@ def graded(tmp_path_factory, sentinel):
     subs = {
         "native_read_master": (attacks.native_read_master(), "cnn", FIRST3),
         "native_read_hidden": (attacks.native_read_hidden(HIDDEN), "cnn", FIRST3),
+        "repository_reader": (attacks.repository_reader(), "cnn", FIRST3),
         "native_write": (attacks.native_write(sentinel), "cnn", ["q1"]),
         "parent_memory": (attacks.parent_memory(MASTER_NEEDLE), "cnn", FIRST3),
         "notebook_style": (attacks.notebook_style(), "cnn", FIRST3),
@@ -116,6 +117,17 @@ def test_a_detached_process_cannot_rewrite_the_results(tmp_path):
 def test_native_reads_of_the_master_and_hidden_tests_get_nothing(graded):
     for name in ("native_read_master", "native_read_hidden"):
         assert scores(graded[name]) == {"q1": 0, "q2": 0, "q3": 0}, name
+
+
+def test_the_masters_in_the_repositorys_history_are_out_of_reach(graded):
+    """Outside the boundary the reader finds the checkout's .git (above fmlab's files, or named
+    in /proc/self/mountinfo) and the committed master in it; graded, it finds nothing."""
+    if not (ROOT / ".git").is_dir():
+        pytest.skip("not a git checkout: there is no history to read")
+    found: dict = {}
+    exec(attacks.git_reader(), found)
+    assert "BEGIN SOLUTION" in found["_text"], "the attack does not work even without a boundary"
+    assert scores(graded["repository_reader"]) == {"q1": 0, "q2": 0, "q3": 0}
 
 
 def test_native_writes_outside_the_working_folder_change_nothing(graded, sentinel):
@@ -201,20 +213,21 @@ def test_a_busy_machine_costs_no_points(tmp_path):
 UID = 4242
 
 
-def run_as_other_user(args: list[str], folder: Path) -> subprocess.CompletedProcess:
-    """``python -m fmlab ARGS`` as an unprivileged uid, with ``folder`` writable. Python lives
-    where that uid may not look (under /root here), so the run starts inside a mount namespace
-    that shows it, which is what the grader's own boundary does for its children."""
+def run_in_view(command: list[str], folder: Path, read: list[str], uid: int = UID,
+                hide: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``command`` as ``uid`` inside a grading child's boundary (root mode), with ``folder``
+    writable and ``read`` shown read-only besides what every child sees."""
     from fmlab.grading import boundary
 
-    os.chown(folder, UID, UID)
+    os.chown(folder, uid, uid)
     for p in folder.rglob("*"):
-        os.chown(p, UID, UID)
+        os.chown(p, uid, uid)
     iso = boundary.Isolation("root", unshare=boundary._unshare())
-    # read=[ROOT]: this grader reads the checks and hidden tests of the repository, wherever it
-    # is (a clone under /tmp would otherwise be behind the view's private /tmp)
-    cfg = boundary.child_config(iso, uid=UID, keep=[str(folder)], hide=[], read=[str(ROOT)],
-                                cwd=str(folder), cpu_s=1200, memory_mb=0, file_mb=0)
+    view = folder.parent / f"view-{os.getpid()}"
+    view.mkdir(exist_ok=True)
+    cfg = boundary.child_config(iso, uid=uid, keep=[str(folder)], hide=list(hide), read=read,
+                                cwd=str(folder), cpu_s=1200, memory_mb=0, file_mb=0,
+                                root=str(view))
     cfg["nproc"] = 4096
     cfg_file = folder.parent / f"harness-{os.getpid()}.json"
     cfg_file.write_text(json.dumps(cfg))
@@ -222,11 +235,72 @@ def run_as_other_user(args: list[str], folder: Path) -> subprocess.CompletedProc
     env = {"PATH": os.defpath, "HOME": str(folder), "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
     try:
         return subprocess.run([*iso.prefix(), sys.executable, "-I", "-S", boundary.PROGRAM, str(fd),
-                               "--", sys.executable, "-m", "fmlab", *args], pass_fds=(fd,),
+                               "--", *command], pass_fds=(fd,),
                               capture_output=True, text=True, timeout=400, env=env, cwd=folder)
     finally:
         os.close(fd)
         cfg_file.unlink()
+
+
+def run_as_other_user(args: list[str], folder: Path) -> subprocess.CompletedProcess:
+    """``python -m fmlab ARGS`` as an unprivileged uid, with ``folder`` writable. Python lives
+    where that uid may not look (under /root here), so the run starts inside a mount namespace
+    that shows it, which is what the grader's own boundary does for its children. read=[ROOT]:
+    this grader reads the checks and hidden tests of the repository."""
+    return run_in_view([sys.executable, "-m", "fmlab", *args], folder, read=[str(ROOT)])
+
+
+VIEW_PROBE = r'''
+import json, os, sys
+def tree(path, depth):
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as err:
+        return type(err).__name__
+    return {n: tree(os.path.join(path, n), depth - 1) if depth and os.path.isdir(os.path.join(path, n))
+            and not os.path.islink(os.path.join(path, n)) else None for n in names}
+writable = {}
+for d in ("/", "/usr", "/etc", os.getcwd(), "/tmp", "/dev/shm", os.path.dirname(sys.prefix)):
+    try:
+        open(os.path.join(d, ".probe"), "w").close()
+        writable[d] = True
+    except OSError:
+        writable[d] = False
+print(json.dumps({"root": sorted(os.listdir("/")), "repo": tree(sys.argv[1], 1),
+                  "mounts": [l.split()[4] for l in open("/proc/self/mountinfo")],
+                  "writable": writable}))
+'''
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the full boundary is built for a grader that is root")
+def test_the_child_sees_only_what_it_is_given(tmp_path):
+    """The allowlist view: of the checkout, only fmlab's package and the public checks (and the
+    virtual environment, where it lives there); no .git, masters or hidden tests; the mount
+    table lists the view only; nothing but its own folders and scratch space is writable."""
+    import fmlab
+    import fmlab.checks
+    from fmlab.grading import boundary
+
+    folder = tmp_path / "work"
+    folder.mkdir()
+    run = run_in_view([sys.executable, "-I", "-c", VIEW_PROBE, str(ROOT)], folder, read=[])
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    allowed = {os.path.realpath(p) for p in [*boundary.required_paths(), str(folder)]}
+    repo = seen["repo"]
+    assert set(repo) <= {"fmlab", "labs", ".venv"}, repo
+    assert repo.get("labs", {}) in ({}, {"checks": None}), repo["labs"]
+    assert Path(fmlab.__file__).parent.resolve() == ROOT / "fmlab"
+    assert Path(fmlab.checks.__path__[0]).resolve() == ROOT / "labs" / "checks"
+    # every mount point is the root, a system folder, a scratch folder, or one it was given
+    system = set(boundary.SYSTEM + boundary.SYSTEM_INFO) | {"/", "/proc", "/tmp", "/var/tmp"}
+    strays = [m for m in seen["mounts"] if m not in system and not m.startswith("/dev")
+              and not any(m == a or m.startswith(a + "/") or a.startswith(m + "/")
+                          for a in allowed)]
+    assert not strays, strays
+    assert not any(m.startswith(str(ROOT / "labs" / "hidden")) for m in seen["mounts"])
+    assert seen["writable"] == {**{d: False for d in seen["writable"]}, str(folder): True,
+                                "/tmp": True, "/dev/shm": True}, seen["writable"]
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="running the grader as another user needs root; the "

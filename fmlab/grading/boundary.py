@@ -8,18 +8,19 @@ overridden by ``FMLAB_GRADING_ISOLATION=root|userns|uid|none``):
 
 ``root``  (the grader runs as root, as CI does, and may create namespaces)
     Each child gets new mount, PID, network and IPC namespaces (``unshare``) and then runs under
-    an unprivileged uid of its own, a different one per child. In its view of the file system the
-    hidden tests, the masters, the results path, the held-out data and the submissions folder
-    are empty (a read-only tmpfs, or ``/dev/null`` for a file); ``/tmp``, ``/var/tmp`` and
-    ``/dev/shm`` are fresh and private, holding only its own work and output folders (owned by
-    its uid, mode 0700); the grader's home folder is empty but for the Python installation and
-    packages it may hold; every other mount is read-only. It sees only its own processes, has no
-    network, and cannot read any other process's memory. Killing the namespace's first process
-    kills every process in it, ``setsid`` or not.
+    an unprivileged uid of its own, a different one per child. Its file system is built from
+    what it needs and nothing else (an allowlist): the operating system's folders (/usr, /etc,
+    the libraries), Python and its installed packages, fmlab's package files and the lab's
+    public checks, all read-only; its own work and output folders; fresh, private ``/tmp``,
+    ``/var/tmp`` and ``/dev/shm``; a few devices and its own ``/proc``. The checkout (``.git``
+    included), the hidden tests, the masters, other submissions, home folders and the data
+    no lab declares do not exist there, and ``/proc/self/mountinfo`` lists this view only. It
+    sees only its own processes, has no network, and cannot read any other process's memory.
+    Killing the namespace's first process kills every process in it, ``setsid`` or not.
 ``userns``  (not root, but unprivileged user namespaces are allowed)
     The same view, built inside a user namespace; the child keeps the grader's uid (the kernel
-    gives no other to an unprivileged user), so it loses every capability instead, and the
-    read-only mounts and the private ``/tmp`` keep it from the grader's files.
+    gives no other to an unprivileged user), so it loses every capability instead, and what
+    the view lacks or shows read-only keeps it from the grader's files.
 ``uid``  (root, but namespaces are refused, e.g. a container without CAP_SYS_ADMIN)
     Only the uid of its own and 0700 folders: files that every user may read stay readable.
     The grader says which, in one line.
@@ -47,7 +48,10 @@ ISOLATION_ENV = "FMLAB_GRADING_ISOLATION"
 MODES = ("root", "userns", "uid", "none")
 UID_BASE = 1 << 30  # far above the uids of real users and system accounts
 NPROC = 512  # processes and threads of one child's uid (root mode)
-SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")  # replaced by fresh, private tmpfs in a namespace
+# What a child sees of the operating system, read-only: programs, shared libraries, settings
+# (/etc: a child's uid reads only what every user may), and what torch reads about the CPUs.
+SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+SYSTEM_INFO = ("/sys/devices/system/cpu", "/sys/devices/system/node")
 _NS_FLAGS = ["--mount", "--pid", "--net", "--ipc", "--fork", "--kill-child", "--propagation", "private"]
 
 
@@ -146,19 +150,6 @@ def required_paths() -> list[str]:
     return sorted(paths)
 
 
-def _outermost_closed(path: str) -> str | None:
-    """The outermost folder on the way to ``path`` that others may not search, if any."""
-    parts = os.path.realpath(path).split(os.sep)
-    for i in range(2, len(parts)):
-        folder = os.sep.join(parts[:i])
-        try:
-            if not os.stat(folder).st_mode & stat.S_IXOTH:
-                return folder
-        except OSError:
-            return None
-    return None
-
-
 def detect() -> Isolation:
     """The strongest isolation this process can give a child (cached), or the one
     ``FMLAB_GRADING_ISOLATION`` asks for (an error when that one is not possible)."""
@@ -232,33 +223,33 @@ def allocate_uid() -> int:
 
 
 def child_config(isolation: Isolation, *, uid: int | None, keep: list[str], hide: list[str],
-                 read: list[str], cwd: str, cpu_s: float, memory_mb: int, file_mb: int) -> dict:
+                 read: list[str], cwd: str, cpu_s: float, memory_mb: int, file_mb: int,
+                 root: str | None = None) -> dict:
     """What the child's first program needs to build its boundary (plain JSON). ``cpu_s``: a
     last-resort CPU limit for each of its processes; ``memory_mb`` limits each process's data
-    and caps its private /tmp and /dev/shm, whose files live in memory; ``file_mb``: the
-    largest file it may write. ``keep``: its work and output folders; ``read``: what it must
-    read besides Python and the installed packages (the checks file)."""
+    and caps its private /tmp, /var/tmp and /dev/shm, whose files live in memory; ``file_mb``:
+    the largest file it may write. ``keep``: its work and output folders (writable); ``read``:
+    what it must read besides the operating system's folders, Python and the installed
+    packages (the checks file); ``hide``: what must stay unreadable even inside those (the
+    data no lab declares). With namespaces, ``root`` is an empty folder of the grader's where
+    the child's view is built: nothing else of this machine's file system is in it."""
     cfg = {"mode": isolation.mode, "uid": uid, "keep": [os.path.realpath(p) for p in keep],
            "hide": sorted({os.path.realpath(p) for p in hide if p and os.path.lexists(p)}),
-           "cwd": cwd, "cpu_s": int(cpu_s) + 1, "nproc": NPROC, "replace": {}, "expose": [],
-           "memory_mb": int(memory_mb), "file_mb": int(file_mb),
+           "cwd": cwd, "cpu_s": int(cpu_s) + 1, "nproc": NPROC, "read": [], "links": {},
+           "root": None, "memory_mb": int(memory_mb), "file_mb": int(file_mb),
            "scratch_mb": max(int(memory_mb), 64)}
     if isolation.namespaces:
-        # bound back wherever a replaced folder holds them
-        cfg["expose"] = sorted(set(required_paths()) | {os.path.realpath(p) for p in read})
-        for d in SCRATCH:
-            if os.path.isdir(d) and not os.path.islink(d):
-                cfg["replace"][d] = 0o1777
-        home = os.path.realpath(os.path.expanduser("~"))
-        if home != os.sep and os.path.isdir(home):  # the grader's own files (keys, caches)
-            cfg["replace"][home] = 0o755
-    if isolation.mode == "root":  # folders on the way to Python that the child's uid cannot search
-        needed = required_paths() + cfg["keep"] + [os.path.realpath(p) for p in read]
-        for p in needed:
-            closed = _outermost_closed(p)
-            if closed and closed not in cfg["replace"]:
-                cfg["replace"][closed] = 0o755
-
+        if root is None:
+            raise ValueError("a child with namespaces needs an empty folder for its view (root=)")
+        cfg["root"] = os.path.realpath(root)
+        system = []
+        for folder in SYSTEM:
+            if os.path.islink(folder):
+                cfg["links"][folder] = os.readlink(folder)
+            elif os.path.isdir(folder):
+                system.append(folder)
+        shown = system + [p for p in SYSTEM_INFO if os.path.isdir(p)] + required_paths()
+        cfg["read"] = sorted(set(shown) | {os.path.realpath(p) for p in read})
     return cfg
 
 

@@ -14,7 +14,7 @@ import signal
 import sys
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC = 32, 1024, 2048, 4096, 16384
+MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_MOVE, MS_REC = 32, 1024, 2048, 4096, 8192, 16384
 MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1 << 18, 1 << 21, 1 << 24
 _OPTION_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
                  "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
@@ -32,6 +32,7 @@ class _Libc:
         self.lib = ctypes.CDLL(None, use_errno=True)
         self.lib.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
         self.lib.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+        self.lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
     def _check(self, result: int, what: str) -> None:
         if result != 0:
@@ -90,67 +91,94 @@ def _mountinfo() -> list[tuple[str, str]]:
     return out
 
 
-def _replace(libc: _Libc, folder: str, mode: int, keeps: list[tuple[str, int]], readonly: bool,
-             size_mb: int):
-    """Cover ``folder`` with an empty tmpfs, then bind back the kept paths (opened beforehand)."""
-    libc.mount("tmpfs", folder, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode:o},size={size_mb}m")
-    for path, fd in keeps:
-        if os.path.isdir(f"/proc/self/fd/{fd}"):
-            os.makedirs(path, mode=0o755, exist_ok=True)
+PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "ppc64": 203,
+              "s390x": 217, "i686": 217, "armv7l": 218}  # the system call's number
+MNT_DETACH = 2
+DEVICES = ("null", "zero", "full", "random", "urandom")
+
+
+def _target(new_root: str, path: str) -> str:
+    return new_root + path if path != os.sep else new_root
+
+
+def _bind(libc: _Libc, source: str, target: str) -> None:
+    """Bind ``source`` (a folder and what is mounted below it, or a file) at ``target``,
+    creating the mount point in the new root's own folders where it is missing."""
+    if not os.path.lexists(target):
+        if os.path.isdir(source):
+            os.makedirs(target, mode=0o755)
         else:
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            open(path, "a").close()
-        libc.mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-    if readonly:
-        libc.mount(None, folder, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+    libc.mount(source, target, None, MS_BIND | MS_REC)
+
+
+def _fresh(libc: _Libc, target: str, mode: int, size: str, flags: int = 0) -> None:
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    libc.mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | flags, f"mode={mode:o},size={size}")
 
 
 def build_view(cfg: dict, libc: _Libc) -> None:
-    """The child's view of the file system (run as root of the new mount namespace)."""
+    """The child's whole file system, built from what it may see (run as root of the new mount
+    namespace): a new, empty root holding the read-only folders of ``cfg["read"]`` (the
+    operating system's, Python's, fmlab's, the checks), the writable ``cfg["keep"]``, fresh
+    private /tmp, /var/tmp and /dev/shm, a few devices and its own /proc; nothing else exists
+    there, and the old root is detached, so /proc/self/mountinfo lists this view only."""
     libc.mount(None, "/", None, MS_REC | MS_PRIVATE)
-    keep, expose, hide = cfg["keep"], cfg["expose"], cfg["hide"]
-    wanted = keep + expose
-    # Hidden folders that hold something the child needs become replaced folders too.
-    replace = dict(cfg["replace"])
-    for h in hide:
-        if os.path.isdir(h) and any(_under(p, h) for p in wanted):
-            replace[h] = 0o711
-    fds = {p: os.open(p, os.O_PATH) for p in wanted if os.path.exists(p)}
-    for folder in sorted(replace, key=lambda d: d.count(os.sep)):
-        if not os.path.isdir(folder):
-            continue  # inside a folder replaced before: gone from this view already
-        inside = sorted(p for p in fds if _under(p, folder) and p != folder)
-        outer = [p for p in inside if not any(q != p and _under(p, q) for q in inside)]
-        readonly = folder not in cfg["replace"] or cfg["replace"][folder] != 0o1777
-        _replace(libc, folder, replace[folder], [(p, fds[p]) for p in outer], readonly,
-                 1 if readonly else cfg["scratch_mb"])
-    for h in hide:
-        if h in replace or not os.path.lexists(h):
+    new, scratch = cfg["root"], f"{cfg['scratch_mb']}m"
+    libc.mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
+    _fresh(libc, _target(new, "/dev"), 0o755, "64k", MS_NOEXEC)
+    for name in DEVICES:
+        _bind(libc, f"/dev/{name}", _target(new, f"/dev/{name}"))
+    for name, fd in (("fd", ""), ("stdin", "/0"), ("stdout", "/1"), ("stderr", "/2")):
+        os.symlink(f"/proc/self/fd{fd}", _target(new, f"/dev/{name}"))
+    writable = [_target(new, d) for d in ("/tmp", "/var/tmp", "/dev/shm")]
+    for folder in writable:
+        _fresh(libc, folder, 0o1777, scratch)
+    for link, points_to in cfg["links"].items():  # /lib -> usr/lib where /usr is merged
+        os.symlink(points_to, _target(new, link))
+    bound: list[str] = []
+    wanted = [(p, False) for p in cfg["read"]] + [(p, True) for p in cfg["keep"]]
+    for path, keep in sorted(wanted, key=lambda item: (item[0].count(os.sep), item[1])):
+        if not os.path.lexists(path) or (not keep and any(_under(path, b) for b in bound)):
+            continue  # shown already, as part of a folder bound before
+        _bind(libc, path, _target(new, path))
+        bound.append(path)
+        if keep:
+            writable.append(_target(new, path))
+    os.makedirs(_target(new, "/proc"), mode=0o755, exist_ok=True)
+    libc.mount("proc", _target(new, "/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for h in cfg["hide"]:  # what must not be read inside the folders shown (undeclared data)
+        target = _target(new, h)
+        if not any(_under(h, b) for b in bound) or not os.path.lexists(target):
             continue
-        if os.path.isdir(h):
-            libc.mount("tmpfs", h, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        if os.path.isdir(target) and not os.path.islink(target):
+            libc.mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                        "mode=0,size=4k")
-        else:
-            libc.mount("/dev/null", h, None, MS_BIND)
-            libc.mount(None, h, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-    libc.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for p in keep:  # a mount of its own, so that it stays writable below
-        if not any(_under(p, d) for d in replace):
-            libc.mount(p, p, None, MS_BIND | MS_REC)
-    for fd in fds.values():
-        os.close(fd)
-    scratch = {d for d, m in cfg["replace"].items() if m == 0o1777}
+        elif os.path.isfile(target):
+            libc.mount("/dev/null", target, None, MS_BIND)
     info = _mountinfo()
-    for point, options in info:
-        if (point in keep or point in scratch or _under(point, "/proc")
+    for point, options in info:  # every other mount of the view read-only, the root's too
+        if (not _under(point, new) or point in writable or _under(point, _target(new, "/proc"))
                 or "ro" in options.split(",")):
             continue
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY | _mount_flags(point, info)
-        try:
-            libc.mount(None, point, None, flags)
-        except OSError:
-            if point == "/":
-                raise
+        libc.mount(None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | _mount_flags(point, info))
+    _switch_root(libc, new)
+
+
+def _switch_root(libc: _Libc, new: str) -> None:
+    """Make ``new`` this mount namespace's root and detach the old one."""
+    import platform
+
+    os.chdir(new)
+    number = PIVOT_ROOT.get(platform.machine())
+    if number is not None:
+        libc._check(libc.lib.syscall(number, b".", b"."), "pivot_root")
+        libc._check(libc.lib.umount2(b".", MNT_DETACH), "umount the old root")
+    else:  # an architecture whose pivot_root number is not listed: move the mount, chroot
+        libc.mount(new, "/", None, MS_MOVE)
+        os.chroot(".")
+    os.chdir("/")
 
 
 def enter(cfg: dict) -> None:

@@ -126,6 +126,8 @@ class Child:
             folder.mkdir(mode=0o700)
             if self.uid is not None:
                 os.chown(folder, self.uid, self.uid)
+        self.view = root / f"view-{attempt}"  # where its namespace builds its file system
+        self.view.mkdir(mode=0o700)
         self.log = root / f"log-{attempt}.txt"
         job_file, cfg_file = root / f"job-{attempt}.pt", root / f"boundary-{attempt}.json"
         hidden = forbidden + [str(root / "job"), str(job_file), str(cfg_file)]
@@ -138,7 +140,8 @@ class Child:
         cfg = boundary.child_config(iso, uid=self.uid, keep=[str(self.work), str(self.out)],
                                     hide=forbidden, read=[job["checks"]], cwd=str(self.work),
                                     cpu_s=limits.total_timeout * max(1, int(limits.threads or 1)),
-                                    memory_mb=limits.memory_mb, file_mb=limits.file_mb)
+                                    memory_mb=limits.memory_mb, file_mb=limits.file_mb,
+                                    root=str(self.view))
         with _private(cfg_file) as f:
             f.write(json.dumps(cfg).encode())
         job_fd, cfg_fd = os.open(job_file, os.O_RDONLY), os.open(cfg_file, os.O_RDONLY)
