@@ -208,13 +208,83 @@ def test_a_busy_machine_costs_no_points(tmp_path):
     assert wall > 6, f"graded in {wall:.1f} s: the spinners did not take the core's time"
 
 
+HOGS = (  # three processes of 150 MB each at once
+    "import subprocess, sys\n"
+    "hog = 'import time; b = bytearray(150 << 20); b[::4096] = b\"x\" * len(b[::4096]); time.sleep(3)'\n"
+    "hogs = [subprocess.Popen([sys.executable, '-c', hog]) for _ in range(3)]\n"
+    "print([p.wait() for p in hogs])")
+FILLS = (  # 200 MB in /tmp, then 200 MB in /dev/shm
+    "for folder in ('/tmp', '/dev/shm'):\n"
+    "    with open(folder + '/fill', 'wb') as f:\n"
+    "        for _ in range(200):\n"
+    "            f.write(b'x' * (1 << 20))\n"
+    "print('both written')")
+FORKS = (  # a fork bomb, then a detached process that spins 2 s and is never waited for
+    "import subprocess, sys, time\n"
+    "kids = []\n"
+    "try:\n"
+    "    while len(kids) < 500:\n"
+    "        kids.append(subprocess.Popen(['sleep', '30']))\n"
+    "except OSError:\n"
+    "    pass\n"
+    "print(len(kids))\n"
+    "for k in kids:\n"
+    "    k.kill()\n"
+    "    k.wait()\n"
+    "spin = 'import time\\ne = time.time() + 2\\nwhile time.time() < e: pass'\n"
+    "subprocess.Popen([sys.executable, '-c', spin], start_new_session=True)\n"
+    "time.sleep(3)")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="control groups are the root grader's")
+def test_a_submissions_processes_share_one_allowance(tmp_path):
+    """A control group per submission (300 MB here): forked processes draw on one memory limit
+    (the kernel kills one of three 150 MB processes), so do the in-memory folders (each
+    capped at 300 MB, but not 400 MB together), forks stop at the process limit, and the
+    parent counts the CPU time of every process, one never waited for included."""
+    from fmlab.grading import cgroup
+
+    def run(code: str, name: str):
+        group, why = cgroup.create(memory_mb=300, pids=64, cpus=1)
+        if group is None:
+            pytest.skip(f"no control group here: {why}")
+        folder = tmp_path / name
+        folder.mkdir()
+        try:
+            done = run_in_view([sys.executable, "-c", code], folder, read=[], memory_mb=300,
+                               cgroup=group.procs)
+            return done, group.out_of_memory(), group.memory_peak_mb(), group.cpu_seconds()
+        finally:
+            group.remove()
+
+    done, oom, peak, _ = run(HOGS, "hogs")
+    assert done.returncode == 0 and "-9" in done.stdout and oom, done.stdout + done.stderr
+    assert peak <= 300, peak
+    done, oom, _, _ = run(FILLS, "fills")
+    assert "both written" not in done.stdout and oom, done.stdout + done.stderr
+    done, _, _, cpu = run(FORKS, "forks")
+    assert done.returncode == 0 and int(done.stdout.split()[0]) < 64, done.stdout + done.stderr
+    assert cpu >= 2.0, cpu
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the in-memory work folder is the root grader's")
+def test_the_work_folder_has_a_size_cap(tmp_path):
+    fill = ("with open('big.bin', 'wb') as f:\n"
+            "    for _ in range(100):\n"
+            "        f.write(b'x' * (1 << 20))")
+    sub = write(tmp_path, "filler", attacks.with_cells(attacks.stub("cnn"), fill))
+    r = grade_notebook(sub, HIDDEN, limits=Limits(threads=1, work_mb=50), only=["q1"])
+    assert any("No space left on device" in n for n in r.notes), r.notes
+
+
 # --- the fallbacks ----------------------------------------------------------------------------
 
 UID = 4242
 
 
 def run_in_view(command: list[str], folder: Path, read: list[str], uid: int = UID,
-                hide: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+                hide: tuple[str, ...] = (), memory_mb: int = 0,
+                cgroup: list[str] | None = None) -> subprocess.CompletedProcess:
     """``command`` as ``uid`` inside a grading child's boundary (root mode), with ``folder``
     writable and ``read`` shown read-only besides what every child sees."""
     from fmlab.grading import boundary
@@ -226,8 +296,8 @@ def run_in_view(command: list[str], folder: Path, read: list[str], uid: int = UI
     view = folder.parent / f"view-{os.getpid()}"
     view.mkdir(exist_ok=True)
     cfg = boundary.child_config(iso, uid=uid, keep=[str(folder)], hide=list(hide), read=read,
-                                cwd=str(folder), cpu_s=1200, memory_mb=0, file_mb=0,
-                                root=str(view))
+                                cwd=str(folder), cpu_s=1200, memory_mb=memory_mb, file_mb=0,
+                                root=str(view), cgroup=cgroup)
     cfg["nproc"] = 4096
     cfg_file = folder.parent / f"harness-{os.getpid()}.json"
     cfg_file.write_text(json.dumps(cfg))

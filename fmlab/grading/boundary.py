@@ -224,7 +224,8 @@ def allocate_uid() -> int:
 
 def child_config(isolation: Isolation, *, uid: int | None, keep: list[str], hide: list[str],
                  read: list[str], cwd: str, cpu_s: float, memory_mb: int, file_mb: int,
-                 root: str | None = None) -> dict:
+                 root: str | None = None, work: str | None = None, work_mb: int = 0,
+                 cgroup: list[str] | None = None) -> dict:
     """What the child's first program needs to build its boundary (plain JSON). ``cpu_s``: a
     last-resort CPU limit for each of its processes; ``memory_mb`` limits each process's data
     and caps its private /tmp, /var/tmp and /dev/shm, whose files live in memory; ``file_mb``:
@@ -232,12 +233,16 @@ def child_config(isolation: Isolation, *, uid: int | None, keep: list[str], hide
     what it must read besides the operating system's folders, Python and the installed
     packages (the checks file); ``hide``: what must stay unreadable even inside those (the
     data no lab declares). With namespaces, ``root`` is an empty folder of the grader's where
-    the child's view is built: nothing else of this machine's file system is in it."""
+    the child's view is built: nothing else of this machine's file system is in it, and its
+    ``work`` folder (one of ``keep``) is a fresh one in memory of ``work_mb`` MB. ``cgroup``:
+    the ``cgroup.procs`` files of its control group (:mod:`fmlab.grading.cgroup`), joined
+    first."""
     cfg = {"mode": isolation.mode, "uid": uid, "keep": [os.path.realpath(p) for p in keep],
            "hide": sorted({os.path.realpath(p) for p in hide if p and os.path.lexists(p)}),
            "cwd": cwd, "cpu_s": int(cpu_s) + 1, "nproc": NPROC, "read": [], "links": {},
            "root": None, "memory_mb": int(memory_mb), "file_mb": int(file_mb),
-           "scratch_mb": max(int(memory_mb), 64)}
+           "scratch_mb": max(int(memory_mb), 64), "cgroup": list(cgroup or []),
+           "work": os.path.realpath(work) if work and work_mb else None, "work_mb": int(work_mb)}
     if isolation.namespaces:
         if root is None:
             raise ValueError("a child with namespaces needs an empty folder for its view (root=)")

@@ -241,12 +241,17 @@ class Child:
         from .sandbox import open_gate
 
         final = os.path.join(self.job["out"], name)
+
+        def write(value: dict):  # serialized first: a failed write leaves no open file behind
+            buffer = io.BytesIO()
+            torch.save(value, buffer)
+            atomic_write(final, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
+
         with open_gate(sandbox):
             try:
-                atomic_write(final, lambda tmp: torch.save(result, tmp))
-            except Exception as err:  # noqa: BLE001 - e.g. the file-size limit
-                error = {"ok": False, "error": f"the result could not be saved: {err}"}
-                atomic_write(final, lambda tmp: torch.save(error, tmp))
+                write(result)
+            except Exception as err:  # noqa: BLE001 - e.g. the file-size limit, a full folder
+                write({"ok": False, "error": f"the result could not be saved: {err}"})
 
     def main(self) -> None:
         from . import sandbox as sandbox_mod

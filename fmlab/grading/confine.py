@@ -142,7 +142,12 @@ def build_view(cfg: dict, libc: _Libc) -> None:
     for path, keep in sorted(wanted, key=lambda item: (item[0].count(os.sep), item[1])):
         if not os.path.lexists(path) or (not keep and any(_under(path, b) for b in bound)):
             continue  # shown already, as part of a folder bound before
-        _bind(libc, path, _target(new, path))
+        if path == cfg.get("work"):  # its work folder: in memory, of a capped size, its own
+            _fresh(libc, _target(new, path), 0o700, f"{cfg['work_mb']}m")
+            if cfg["uid"] is not None:
+                os.chown(_target(new, path), cfg["uid"], cfg["uid"])
+        else:
+            _bind(libc, path, _target(new, path))
         bound.append(path)
         if keep:
             writable.append(_target(new, path))
@@ -193,6 +198,9 @@ def enter(cfg: dict) -> None:
             resource.setrlimit(which, (value, value))
         except (ValueError, OSError):
             pass
+    for procs in cfg.get("cgroup", []):  # its control group, before it starts anything
+        with open(procs, "w") as f:
+            f.write("0")
     libc = _Libc() if cfg["mode"] != "none" else None
     if cfg["mode"] in ("root", "userns"):
         build_view(cfg, libc)

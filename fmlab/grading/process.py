@@ -49,7 +49,11 @@ class Limits:
     ``case_timeout`` (CPU seconds) overrides every question's own ``timeout`` when set;
     ``cell_timeout`` is CPU seconds per notebook cell. A cell or case also stops at a wall-clock
     ceiling of ``WALL_RATIO`` times its CPU limit. ``total_timeout`` is the wall-clock limit of
-    the whole submission. ``threads``: torch (OpenMP, MKL) threads of the child.
+    the whole submission. ``threads``: torch (OpenMP, MKL) threads of the child (and, where it
+    has a control group, the cores it may use). ``memory_mb``: memory of the whole submission
+    where it has a control group (its processes and in-memory folders together), else of each
+    process. ``file_mb``: the largest file it may write; ``work_mb``: the size of its work
+    folder (in memory, with namespaces).
     """
 
     case_timeout: float | None = None
@@ -58,6 +62,7 @@ class Limits:
     memory_mb: int = 4096
     threads: int = 1
     file_mb: int = 512
+    work_mb: int = 1024
 
 
 _warned: set[str] = set()
@@ -113,6 +118,12 @@ def _private(path: Path):
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
+def _warn_once(text: str) -> None:
+    if text not in _warned:
+        _warned.add(text)
+        print(f"fmlab grade: {text}", file=sys.stderr)
+
+
 class Child:
     """One child process behind its boundary, and the parent's view of its progress."""
 
@@ -128,6 +139,9 @@ class Child:
                 os.chown(folder, self.uid, self.uid)
         self.view = root / f"view-{attempt}"  # where its namespace builds its file system
         self.view.mkdir(mode=0o700)
+        self.group, self.out_mounted, self.oom = None, False, False
+        if iso.mode == "root":
+            self._contain()
         self.log = root / f"log-{attempt}.txt"
         job_file, cfg_file = root / f"job-{attempt}.pt", root / f"boundary-{attempt}.json"
         hidden = forbidden + [str(root / "job"), str(job_file), str(cfg_file)]
@@ -141,7 +155,9 @@ class Child:
                                     hide=forbidden, read=[job["checks"]], cwd=str(self.work),
                                     cpu_s=limits.total_timeout * max(1, int(limits.threads or 1)),
                                     memory_mb=limits.memory_mb, file_mb=limits.file_mb,
-                                    root=str(self.view))
+                                    root=str(self.view), work=str(self.work),
+                                    work_mb=limits.work_mb,
+                                    cgroup=self.group.procs if self.group else None)
         with _private(cfg_file) as f:
             f.write(json.dumps(cfg).encode())
         job_fd, cfg_fd = os.open(job_file, os.O_RDONLY), os.open(cfg_file, os.O_RDONLY)
@@ -156,6 +172,9 @@ class Child:
                     cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     env=child_env(str(self.work), limits, iso.namespaces), cwd=str(self.work),
                     pass_fds=(write_fd, job_fd, cfg_fd, cases_read), start_new_session=True)
+        except BaseException:
+            self.release()
+            raise
         finally:
             for fd in (write_fd, job_fd, cfg_fd, cases_read):
                 os.close(fd)
@@ -187,12 +206,50 @@ class Child:
             except OSError:  # the child is gone
                 return
 
+    def _contain(self) -> None:
+        """As root: a control group for the child's whole process tree (memory, its in-memory
+        folders included; processes; CPU), and its output folder in memory, capped at the
+        file-size limit (the parent reads each result from there, then deletes it)."""
+        from . import cgroup
+        from .confine import _Libc
+
+        self.group, why = cgroup.create(self.limits.memory_mb, boundary.NPROC,
+                                        max(1, int(self.limits.threads or 1)))
+        if why:
+            _warn_once(f"no control group per submission ({why}): memory, process and CPU "
+                       f"limits hold per process only")
+        try:
+            _Libc().mount("tmpfs", str(self.out), "tmpfs", 2 | 4 | 8,  # nosuid nodev noexec
+                          f"mode=0700,uid={self.uid},gid={self.uid},size={self.limits.file_mb}m")
+            self.out_mounted = True
+        except OSError as err:
+            _warn_once(f"the output folder stays on disk, uncapped ({err})")
+
+    def release(self) -> None:
+        """Once no process of the child is left: unmount its output folder and remove its
+        group, noting whether the kernel stopped it for memory."""
+        if self.group is not None:
+            self.oom = self.group.out_of_memory()
+            self.group.remove()
+            self.group = None
+        if self.out_mounted:
+            from .confine import MNT_DETACH, _Libc
+
+            _Libc().lib.umount2(str(self.out).encode(), MNT_DETACH)
+            self.out_mounted = False
+
     def attach(self) -> None:
         """Learn the child's pid: in a PID namespace, the first process, child of unshare."""
         if self.iso.namespaces and self.pid is None:
             self.pid = boundary.pid_of_first(self.proc.pid)
 
     def cpu(self) -> float:
+        """CPU seconds of the child: of its whole group where it has one (every process it
+        started, exited or not), else of its first process and the children it waited for."""
+        if self.group is not None:
+            value = self.group.cpu_seconds()
+            if value is not None:
+                return value
         self.attach()
         value = boundary.cpu_seconds(self.pid) if self.pid else None
         return value or 0.0
@@ -247,6 +304,7 @@ class Child:
         self.writer.join(timeout=10)  # a write to a dead child fails at once (EPIPE)
         os.close(self.fd)
         os.close(self.cases_fd)
+        self.release()
 
 
 class Progress:

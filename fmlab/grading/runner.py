@@ -64,9 +64,9 @@ class Outcome:
     children: int = 0
 
 
-def _death_message(proc: subprocess.Popen, log: Path, memory_mb: int) -> str:
+def _death_message(proc: subprocess.Popen, log: Path, memory_mb: int, oom: bool = False) -> str:
     code = proc.returncode
-    if messages.mentions_out_of_memory(tail(log, 4000)):
+    if oom or messages.mentions_out_of_memory(tail(log, 4000)):
         return messages.out_of_memory(memory_mb)
     if code is not None and code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
@@ -195,7 +195,7 @@ def _collect(child: Child, remaining: list[Entry]) -> None:
                 e.done, e.error = True, "no result came back for this case"
         _retry_if_busy(remaining)
         return
-    why = child.stopped or _death_message(child.proc, child.log, child.limits.memory_mb)
+    why = child.stopped or _death_message(child.proc, child.log, child.limits.memory_mb, child.oom)
     if progress.phase != "cases":  # the notebook's own cells killed the child: no retry
         where = f"code cell {progress.last_cell + 1}" if progress.last_cell >= 0 else "the notebook"
         msg = f"not graded: while running {where}, {why}; fix that cell so the notebook runs to the end"
