@@ -151,8 +151,15 @@ def create(memory_mb: int, pids: int, cpus: float) -> tuple[Group | None, str | 
     return None, f"no cgroup v2 hierarchy, and cgroup v1 lacks {', '.join(missing)}"
 
 
+def _inside(mount: str, own: str) -> str:
+    """The grader's own group's folder, or the mount's top where the hierarchy is mounted from
+    that group down (a container without a cgroup namespace sees its group as the top)."""
+    folder = os.path.normpath(os.path.join(mount, own.lstrip("/")))
+    return folder if os.path.isdir(folder) else mount
+
+
 def _create_v1(v1, own, name, memory_mb, pids, cpus):
-    folders = {c: os.path.join(v1[c], own.get(c, "/").lstrip("/"), name) for c in CONTROLLERS}
+    folders = {c: os.path.join(_inside(v1[c], own.get(c, "/")), name) for c in CONTROLLERS}
     group = Group(folders, v2=False)
     try:
         for folder in dict.fromkeys(folders.values()):
@@ -171,7 +178,7 @@ def _create_v1(v1, own, name, memory_mb, pids, cpus):
 
 
 def _create_v2(mount, own, name, memory_mb, pids, cpus):
-    parent = os.path.join(mount, own.lstrip("/"))
+    parent = _inside(mount, own)
     folder = os.path.join(parent, name)
     group = Group({c: folder for c in CONTROLLERS}, v2=True)
     try:
