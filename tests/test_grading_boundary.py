@@ -343,7 +343,7 @@ print(json.dumps({"root": sorted(os.listdir("/")), "repo": tree(sys.argv[1], 1),
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="the full boundary is built for a grader that is root")
-def test_the_child_sees_only_what_it_is_given(tmp_path):
+def test_the_child_sees_only_what_it_is_given(tmp_path, monkeypatch):
     """The allowlist view: of the checkout, only fmlab's package and the public checks (and the
     virtual environment, where it lives there); no .git, masters or hidden tests; the mount
     table lists the view only; nothing but its own folders and scratch space is writable."""
@@ -351,6 +351,9 @@ def test_the_child_sees_only_what_it_is_given(tmp_path):
     import fmlab.checks
     from fmlab.grading import boundary
 
+    # what the grader itself has on its path (pytest puts tests/ there) is not the child's
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
     folder = tmp_path / "work"
     folder.mkdir()
     run = run_in_view([sys.executable, "-I", "-c", VIEW_PROBE, str(ROOT)], folder, read=[])

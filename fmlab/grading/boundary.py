@@ -134,16 +134,36 @@ def reachable_by_others(path: str) -> bool:
     return mode & need == need
 
 
+_child_path: list[str] = []
+
+
+def _child_sys_path() -> list[str]:
+    """The ``sys.path`` of a child (``python -I``: the standard library, site-packages and the
+    folders its .pth files add; never the grader's working folder, PYTHONPATH or what the
+    grader itself put on its own path), asked of the interpreter once."""
+    if not _child_path:
+        run = subprocess.run([sys.executable, "-I", "-c", "import json, sys; print(json.dumps(sys.path))"],
+                             capture_output=True, text=True, timeout=60, cwd=os.sep,
+                             env={"PATH": os.defpath, "LANG": "C.UTF-8"})
+        if run.returncode != 0:
+            raise RuntimeError(f"could not ask {sys.executable} for its path: {run.stderr[-500:]}")
+        import json
+
+        _child_path.extend(p for p in json.loads(run.stdout) if p)
+    return list(_child_path)
+
+
 def required_paths() -> list[str]:
     """What a child must read: the interpreter and its standard library, the virtual
-    environment, everything on ``sys.path`` (site-packages, an editable fmlab)."""
+    environment, the folders on a child's ``sys.path`` (site-packages and what its .pth files
+    add), and fmlab's package and public checks (an editable install maps them through a
+    finder, from the checkout: only those two folders of it)."""
     paths = {os.path.realpath(sys.executable), os.path.realpath(sys.base_prefix),
              os.path.realpath(sys.prefix), os.path.realpath(sys.exec_prefix)}
-    here = {os.path.realpath(os.getcwd()), os.path.realpath(os.path.dirname(sys.argv[0] or "."))}
-    paths |= {os.path.realpath(p) for p in sys.path[1:] if p and os.path.isdir(p)} - here
+    paths |= {os.path.realpath(p) for p in _child_sys_path() if os.path.isdir(p)}
     import importlib.util
 
-    for name in ("fmlab", "fmlab.checks"):  # editable installs map packages through a finder
+    for name in ("fmlab", "fmlab.checks"):
         spec = importlib.util.find_spec(name)
         for loc in (spec.submodule_search_locations or []) if spec else []:
             paths.add(os.path.realpath(loc))
