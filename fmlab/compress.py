@@ -24,8 +24,9 @@ from torch.nn.utils import parametrize
 from .data import Dataset, batches
 from .measure import (PRUNABLE, count_macs, median_latency, packed_state, saved_bytes,  # noqa: F401
                       unpack_state)
-from .quantize import (FakeQuant, Quantized, add_fake_quant, dequantize, fake_quantize,  # noqa: F401
-                       make_permanent, prunable, qparams, qrange, quantize, torchao_int8,
+from .quantize import (FakeQuant, IntegerMLP, Quantized, add_fake_quant, dequantize,  # noqa: F401
+                       fake_quantize, fixed_point_multiplier, integer_linear, make_permanent,
+                       prunable, qparams, qrange, quantize, quantize_with, share_weights, torchao_int8,
                        weights_quantized)
 from .runtime import device as default_device
 from .train import train_one_epoch
@@ -126,6 +127,29 @@ def magnitude_masks(model: nn.Module, amount: float | int, scope: str = "global"
     keep = _smallest(flat, _count(amount, flat.numel()))
     sizes = [s.numel() for s in scores.values()]
     return {name: piece.view_as(s) for (name, s), piece in zip(scores.items(), keep.split(sizes))}
+
+
+def n_m_masks(model: nn.Module, n: int = 2, m: int = 4) -> dict[str, torch.Tensor]:
+    """Semi-structured N:M masks: in every group of ``m`` consecutive weights of a row (along
+    the inputs), keep the ``n`` of largest magnitude. 2:4 (half the weights) is the pattern
+    NVIDIA's sparse tensor cores skip in hardware (Mishra et al. 2021).
+
+    >>> layer = nn.Linear(8, 2)
+    >>> mask = n_m_masks(nn.Sequential(layer))["0"]
+    >>> mask.view(2, 2, 4).sum(-1).tolist()
+    [[2.0, 2.0], [2.0, 2.0]]
+    """
+    if not 0 < n < m:
+        raise ValueError(f"keep n of every m weights with 0 < n < m, got n={n}, m={m}")
+    masks = {}
+    for name, layer in prunable(model).items():
+        rows = layer.weight.detach().reshape(layer.weight.shape[0], -1)  # (out, inputs)
+        if rows.shape[1] % m:
+            raise ValueError(f"{name}: {rows.shape[1]} inputs per row do not split into groups of {m}")
+        groups = rows.abs().reshape(rows.shape[0], -1, m)  # (out, inputs / m, m)
+        keep = torch.zeros_like(groups).scatter_(-1, groups.topk(n, dim=-1).indices, 1.0)
+        masks[name] = keep.reshape(layer.weight.shape)
+    return masks
 
 
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:

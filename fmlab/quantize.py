@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from typing import NamedTuple
 
 import torch
@@ -176,6 +177,129 @@ def weights_quantized(model: nn.Module, bits: int, scheme: str = "symmetric",
         for layer in prunable(model).values():
             layer.weight.copy_(dequantize(*quantize(layer.weight, bits, scheme, axis), axis=axis))
     return model
+
+
+def share_weights(model: nn.Module, clusters: int = 16, iterations: int = 30) -> nn.Module:
+    """Weight sharing (Deep Compression, Han et al. 2016): a copy of ``model`` in which each
+    Linear and Conv2d layer's weights take only ``clusters`` values, the centroids of a k-means
+    over that layer's weights (initialised evenly between their min and max, as Han et al.
+    found best; Lloyd's iterations). Stored, a weight is then a log2(clusters)-bit index into
+    the layer's codebook."""
+    if clusters < 2:
+        raise ValueError(f"share weights among at least 2 values, got {clusters}")
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in prunable(model).values():
+            flat = layer.weight.detach().flatten().float()
+            centroids = torch.linspace(flat.min().item(), flat.max().item(), clusters)
+            for _ in range(iterations + 1):
+                # in one dimension the nearest centroid is found between sorted midpoints
+                index = torch.bucketize(flat, (centroids[1:] + centroids[:-1]) / 2)
+                counts = torch.bincount(index, minlength=clusters)
+                sums = torch.zeros(clusters).index_add_(0, index, flat)
+                centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids).sort().values
+            layer.weight.copy_(centroids[index].view_as(layer.weight))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Integer-only inference (Jacob et al. 2018): every multiply-add on integers
+# ---------------------------------------------------------------------------------------------
+
+def fixed_point_multiplier(m: float) -> tuple[int, int]:
+    """``m`` in (0, 1) as ``(m0, shift)`` with ``m ≈ m0 * 2**-shift`` and ``m0`` an integer in
+    ``[2**30, 2**31)``: the requantization multiplier ``M = S_x S_w / S_y`` of integer-only
+    inference, applied as an int32 product and a right shift (Jacob et al. 2018, section 2.2).
+
+    >>> m0, shift = fixed_point_multiplier(0.0123)
+    >>> abs(m0 * 2.0 ** -shift - 0.0123) < 0.0123 * 2.0 ** -30
+    True
+    """
+    if not 0 < m < 1:
+        raise ValueError(f"the multiplier S_x S_w / S_y must lie in (0, 1), got {m}")
+    mantissa, exponent = math.frexp(m)  # m = mantissa * 2**exponent, mantissa in [0.5, 1)
+    m0 = round(mantissa * 2**31)
+    if m0 == 2**31:  # the mantissa rounded up to 1
+        m0, exponent = 2**30, exponent + 1
+    return m0, 31 - exponent
+
+
+def rounding_right_shift(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """``round(x / 2**shift)`` on integers (halves rounded up), without a float."""
+    return (x + (1 << (shift - 1))) >> shift
+
+
+class IntLinear(NamedTuple):
+    """One Linear layer in integers: int8 weight codes (symmetric, zero point 0), the bias as
+    int32 at scale ``S_x S_w``, the fixed-point multiplier, and the output's scale and zero
+    point (uint8); ``relu``: the output is clamped at its zero point (the ReLU, fused)."""
+
+    q_weight: torch.Tensor
+    q_bias: torch.Tensor
+    m0: int
+    shift: int
+    out_scale: float
+    out_zero: int
+    relu: bool
+
+
+def integer_linear(q_x: torch.Tensor, x_zero: int, layer: IntLinear) -> torch.Tensor:
+    """``q_y = Z_y + M Σ (q_x - Z_x) q_w + q_b``, clamped to uint8: the codes' products summed
+    in int32, then the multiplier as an int64 product and a rounding shift. It gives
+    ``torch.ops.quantized.linear``'s codes exactly (tests/test_compress.py)."""
+    acc = (q_x.to(torch.int32) - x_zero) @ layer.q_weight.to(torch.int32).T + layer.q_bias
+    q_y = layer.out_zero + rounding_right_shift(acc.to(torch.int64) * layer.m0, layer.shift)
+    return q_y.clamp(layer.out_zero if layer.relu else 0, 255).to(torch.uint8)
+
+
+class IntegerMLP(nn.Module):
+    """A chain of Linear (and ReLU) layers run in integers only, with *static* activation
+    scales: each layer's output range is calibrated once, on sample inputs, and then fixed.
+    The input is quantized to uint8 at its calibrated scale; the last layer's codes are
+    dequantized, so the module returns float logits like the model it was made from."""
+
+    def __init__(self, model: nn.Module, calibration: torch.Tensor):
+        super().__init__()
+        leaves = [m for m in model.modules() if not list(m.children())]
+        odd = [type(m).__name__ for m in leaves if not isinstance(m, (nn.Linear, nn.ReLU, nn.Flatten))]
+        if odd or not leaves:
+            raise ValueError(f"IntegerMLP runs chains of Linear and ReLU layers, not {odd or 'nothing'}")
+        linears = [m for m in leaves if isinstance(m, nn.Linear)]
+        relu = [i + 1 < len(leaves) and isinstance(leaves[i + 1], nn.ReLU)
+                for i, m in enumerate(leaves) if isinstance(m, nn.Linear)]
+        x_scale, x_zero = qparams(calibration.flatten(1), 8, "affine")
+        self.x_scale, self.x_zero = float(x_scale), int(x_zero)
+        self.layers: list[IntLinear] = []
+        h, scale = calibration.flatten(1).float(), self.x_scale
+        with torch.no_grad():
+            for linear, has_relu in zip(linears, relu):
+                h = linear(h).relu() if has_relu else linear(h)
+                out_scale, out_zero = qparams(h, 8, "affine")
+                q_w, w_scale, _ = quantize(linear.weight, 8, "symmetric")
+                bias = linear.bias if linear.bias is not None else torch.zeros(linear.out_features)
+                q_b = torch.round(bias / (scale * w_scale)).to(torch.int32)
+                m0, shift = fixed_point_multiplier(scale * float(w_scale) / float(out_scale))
+                self.layers.append(IntLinear(q_w, q_b, m0, shift, float(out_scale), int(out_zero),
+                                             has_relu))
+                scale = float(out_scale)
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's uint8 codes for float inputs ``x``."""
+        q = quantize_with(x.flatten(1), self.x_scale, self.x_zero)
+        zero = self.x_zero
+        for layer in self.layers:
+            q, zero = integer_linear(q, zero, layer), layer.out_zero
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = self.layers[-1]
+        return last.out_scale * (self.codes(x).to(torch.int32) - last.out_zero).float()
+
+
+def quantize_with(x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
+    """uint8 codes of ``x`` at a fixed (calibrated) scale and zero point; values outside the
+    calibrated range saturate."""
+    return (torch.round(x.float() * (1.0 / scale)) + zero).clamp(0, 255).to(torch.uint8)
 
 
 def torchao_int8(model: nn.Module, mode: str = "weight_only") -> nn.Module:

@@ -392,3 +392,89 @@ def test_median_latency_returns_a_time_per_model():
     t = C.median_latency({"a": a, "b": b}, torch.rand(1, 1, 28, 28), repeats=3, min_time=0.001)
     assert set(t) == {"a", "b"} and all(v > 0 for v in t.values())
     assert torch.get_num_threads() >= 1
+
+
+# --- integer-only inference, N:M sparsity, weight sharing -------------------------------------
+
+def test_fixed_point_multiplier_reproduces_the_multiplier():
+    for m in (0.9999, 0.5, 0.3, 1e-3, 2.5e-5):
+        m0, shift = C.fixed_point_multiplier(m)
+        assert 2**30 <= m0 < 2**31
+        assert abs(m0 * 2.0**-shift - m) <= m * 2.0**-30
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        C.fixed_point_multiplier(1.5)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_integer_linear_gives_pytorchs_quantized_linear_codes(relu):
+    """The oracle: fbgemm's int8 linear (torch.ops.quantized), deprecated in favour of torchao
+    but still there. Its requantization rounds in floating point, ours with a fixed-point
+    multiplier: a code may differ by one."""
+    import warnings
+
+    from fmlab.quantize import IntLinear
+
+    torch.manual_seed(0)
+    x, w, b = torch.rand(32, 96), torch.randn(40, 96) * 0.1, torch.randn(40) * 0.1
+    x_scale, x_zero, y_scale, y_zero = 1 / 255, 3, 0.02, 7 if relu else 120
+    q_w, w_scale, _ = C.quantize(w, 8, "symmetric")
+    q_x = C.quantize_with(x, x_scale, x_zero)
+    m0, shift = C.fixed_point_multiplier(x_scale * w_scale.item() / y_scale)
+    q_b = torch.round(b / (x_scale * w_scale)).to(torch.int32)
+    ours = C.integer_linear(q_x, x_zero, IntLinear(q_w, q_b, m0, shift, y_scale, y_zero, relu))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tx = torch.quantize_per_tensor(x, x_scale, x_zero, torch.quint8)
+        tw = torch.quantize_per_tensor(w, w_scale.item(), 0, torch.qint8)
+        packed = torch.ops.quantized.linear_prepack(tw, b)
+        op = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
+        ref = op(tx, packed, y_scale, y_zero).int_repr()
+    assert torch.equal(q_x, tx.int_repr())
+    diff = (ours.int() - ref.int()).abs()
+    assert diff.max() <= 1 and (diff == 0).float().mean() > 0.98, diff.float().mean()
+    assert ours.dtype == torch.uint8 and (not relu or ours.min() >= y_zero)
+
+
+def test_integer_mlp_matches_the_float_model_within_its_steps():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x = torch.rand(256, 1, 8, 8)
+    integer = C.IntegerMLP(model, x)
+    with torch.no_grad():
+        ref = model(x)
+    step = integer.layers[-1].out_scale
+    assert (integer(x) - ref).abs().max() < 6 * step  # rounding of inputs, weights, each layer
+    assert (integer(x).argmax(1) == ref.argmax(1)).float().mean() > 0.95
+    with pytest.raises(ValueError, match="chains of Linear and ReLU"):
+        C.IntegerMLP(nn.Sequential(nn.Linear(4, 4), nn.Tanh()), torch.rand(8, 4))
+
+
+def test_n_m_masks_keep_the_largest_n_of_every_m():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 6), nn.ReLU(), nn.Conv2d(1, 3, 2))
+    masks = C.n_m_masks(model, 2, 4)
+    for name, layer in C.prunable(model).items():
+        rows = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        mask = masks[name].reshape(rows.shape)
+        for r in range(rows.shape[0]):
+            for g in range(0, rows.shape[1], 4):
+                group = rows[r, g:g + 4].abs()
+                keep = set(group.topk(2).indices.tolist())
+                assert {i for i in range(4) if mask[r, g + i]} == keep
+    with pytest.raises(ValueError, match="groups of 4"):
+        C.n_m_masks(nn.Sequential(nn.Linear(6, 2)))
+
+
+def test_share_weights_gives_sklearns_kmeans_centroids():
+    from sklearn.cluster import KMeans
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(50, 40))
+    shared = C.share_weights(model, clusters=8, iterations=100)
+    w = model[0].weight.detach().flatten().double().numpy()[:, None]
+    init = torch.linspace(float(w.min()), float(w.max()), 8).double().numpy()[:, None]
+    km = KMeans(8, init=init, n_init=1, max_iter=100, tol=0).fit(w)
+    ours = shared[0].weight.detach().flatten().unique()
+    assert ours.numel() == 8
+    assert torch.allclose(ours.double().sort().values,
+                          torch.from_numpy(km.cluster_centers_.ravel()).sort().values, atol=1e-5)
