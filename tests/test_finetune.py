@@ -161,6 +161,74 @@ def test_lora_matches_peft():
         torch.testing.assert_close(ours.merge().bias, merged.bias)
 
 
+# --- adapters and BitFit -----------------------------------------------------------------------
+
+def test_adapter_zero_init_leaves_outputs_unchanged_and_counts():
+    model = small_vit()
+    x = torch.rand(6, 1, 28, 28)
+    before = model(x)
+    ft.freeze(model, ())
+    names = ft.add_adapters(model, bottleneck=3)
+    assert names == ["blocks.0.attn.proj", "blocks.0.mlp.2", "blocks.1.attn.proj",
+                     "blocks.1.mlp.2"]
+    assert torch.equal(model(x), before)  # W_up = 0, b_up = 0: exactly the source model
+    layer = model.blocks[0].mlp[2]
+    assert layer.up.weight.abs().sum() == 0 and layer.down.weight.abs().sum() > 0
+    # Houlsby et al.: 2·m·d + m + d per adapter; two adapters per block, here d = 16, m = 3
+    assert ft.count_trainable(model) == 2 * 2 * (2 * 3 * 16 + 3 + 16)
+    assert not layer.base.weight.requires_grad
+
+
+def test_adapter_computes_its_formula_and_removes_bit_for_bit():
+    source = small_vit()
+    model = copy.deepcopy(source)
+    ft.add_adapters(model, bottleneck=2)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, ft.AdapterLinear):
+                m.up.weight.normal_()
+                m.up.bias.normal_()
+    layer = model.blocks[1].attn.proj
+    x = torch.randn(5, 7, 16)
+    with torch.no_grad():  # y = h + W_up GELU(W_down h + b_down) + b_up, h = W x + b
+        h = x @ layer.base.weight.T + layer.base.bias
+        inner = h @ layer.down.weight.T + layer.down.bias
+        gelu = 0.5 * inner * (1 + torch.erf(inner / 2 ** 0.5))  # GELU, exact form
+        expected = h + gelu @ layer.up.weight.T + layer.up.bias
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+        images = torch.rand(4, 1, 28, 28)
+        assert (model(images) - source(images)).abs().max() > 1e-3  # the adapters act
+        ft.remove_adapters(model)
+    assert model.state_dict().keys() == source.state_dict().keys()
+    for k, v in source.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert torch.equal(model(images), source(images))
+
+
+def test_adapter_method_trains_adapters_and_head_only():
+    source = small_vit()
+    model = ft.build("adapter", source, 3, bottleneck=5)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    places = ("blocks.0.attn.proj", "blocks.0.mlp.2", "blocks.1.attn.proj", "blocks.1.mlp.2")
+    assert names == {f"{place}.{lin}.{w}" for place in places for lin in ("down", "up")
+                     for w in ("weight", "bias")} | {"head.weight", "head.bias"}
+    assert ft.count_trainable(model) == 2 * 2 * (2 * 5 * 16 + 5 + 16) + 16 * 3 + 3
+
+
+def test_bitfit_trains_exactly_the_biases_and_the_head():
+    source = small_vit()  # dim 16, depth 2, MLP width 32
+    model = ft.build("bitfit", source, 3)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    biases = {n for n, _ in model.named_parameters() if n.endswith(".bias")}
+    assert trainable == biases | {"head.weight"}
+    assert "patch_embed.bias" in biases and "blocks.1.norm2.bias" in biases
+    assert not {n for n in trainable if n.endswith("weight")} - {"head.weight"}
+    d, hid = 16, 32
+    per_block = 3 * d + d + hid + d + 2 * d  # W_QKV, W_O, the MLP's two Linears, 2 LayerNorms
+    # the patch embedding, two blocks, the final LayerNorm, the head (weight and bias)
+    assert ft.count_trainable(model) == d + 2 * per_block + d + (d * 3 + 3)
+
+
 # --- prompts and adaptation --------------------------------------------------------------------
 
 def test_prompt_tuning_trains_prompts_and_head_only_and_removes_cleanly():
@@ -185,14 +253,20 @@ def test_adapt_trains_only_what_the_method_says(method):
     for k, v in source.state_dict().items():
         assert torch.equal(v, original[k])  # the source model itself is never touched
     body = {k: v for k, v in out.model.state_dict().items() if "head" not in k}
-    if method in ("probe", "lora", "prompt"):
+    if method in ("probe", "lora", "prompt", "adapter"):
         if method == "lora":
             ft.remove_lora(out.model)
+        if method == "adapter":
+            ft.remove_adapters(out.model)
         if method == "prompt":
             body = {k[4:]: v for k, v in body.items() if k.startswith("vit.")}
         else:
             body = {k: v for k, v in out.model.state_dict().items() if "head" not in k}
         assert all(torch.equal(v, original[k]) for k, v in body.items())
+    if method == "bitfit":  # the weights stay; some biases moved
+        assert all(torch.equal(v, original[k]) for k, v in body.items()
+                   if not k.endswith(".bias"))
+        assert any(not torch.equal(v, original[k]) for k, v in body.items())
     assert out.model(train.x[:2]).shape == (2, 5)
 
 
