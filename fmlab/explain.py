@@ -30,25 +30,34 @@ from .models import GlobalMaxCNN
 # images of the deletion/insertion curves, the shortcut's maps and the randomisation tests;
 # ``shuffled_*``: the models that memorise shuffled labels; ``gap_*``: the completeness-gap
 # plot; ``am_steps``: activation-maximisation steps; ``shortcut_*``: the training images and
-# epochs of the networks that learn the planted shortcut (an easy cue, learnt fast).
+# epochs of the networks that learn the planted shortcut (an easy cue, learnt fast);
+# ``baseline_n``, ``noise_draws``: the images and uniform-noise baselines of IG's baseline
+# comparison; ``n_shapley``, ``shapley_perms``, ``lime_samples``: the images, random orders and
+# LIME samples of the Shapley-value and LIME maps.
 SIZES = {
     "quick": {"n_train": 2000, "n_test": 300, "epochs": 5, "batch_size": 32, "lr": 3e-3,
               "seeds": [0, 1, 2], "n_eval": 80, "n_curve": 20, "curve_steps": 10,
               "n_shortcut": 24, "n_sanity": 12, "ig_steps": 16, "sg_samples": 8,
               "occ_window": 4, "occ_stride": 4, "shuffled_n": 256, "shuffled_epochs": 12,
               "shortcut_n": 1000, "shortcut_epochs": 2,
-              "gap_steps": [2, 4, 8, 16, 32, 64], "gap_n": 16, "am_steps": 80},
+              "gap_steps": [2, 4, 8, 16, 32, 64], "gap_n": 16, "am_steps": 80,
+              "baseline_n": 16, "noise_draws": 4, "n_shapley": 12, "shapley_perms": 16,
+              "lime_samples": 128},
     "full": {"n_train": 20000, "n_test": 5000, "epochs": 10, "batch_size": 64, "lr": 2e-3,
              "seeds": [0, 1, 2, 3, 4], "n_eval": 2000, "n_curve": 1000, "curve_steps": 64,
              "n_shortcut": 1000, "n_sanity": 200, "ig_steps": 64, "sg_samples": 50,
              "occ_window": 4, "occ_stride": 1, "shuffled_n": 2000, "shuffled_epochs": 30,
              "shortcut_n": 20000, "shortcut_epochs": 10,
-             "gap_steps": [2, 4, 8, 16, 32, 64, 128, 256, 512], "gap_n": 64, "am_steps": 500},
+             "gap_steps": [2, 4, 8, 16, 32, 64, 128, 256, 512], "gap_n": 64, "am_steps": 500,
+             "baseline_n": 500, "noise_draws": 16, "n_shapley": 100, "shapley_perms": 64,
+             "lime_samples": 500},
     "smoke": {"n_train": 256, "n_test": 128, "epochs": 1, "seeds": [0, 1, 2], "n_eval": 16,
               "n_curve": 8, "curve_steps": 4, "n_shortcut": 8, "n_sanity": 4, "ig_steps": 4,
               "sg_samples": 2, "occ_stride": 4, "shuffled_n": 64, "shuffled_epochs": 1,
               "shortcut_n": 256, "shortcut_epochs": 1,
-              "gap_steps": [2, 4], "gap_n": 2, "am_steps": 3},
+              "gap_steps": [2, 4], "gap_n": 2, "am_steps": 3,
+              "baseline_n": 4, "noise_draws": 2, "n_shapley": 4, "shapley_perms": 2,
+              "lime_samples": 16},
 }
 
 
@@ -142,6 +151,29 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target, samples: int = 25,
     grads = torch.cat([saliency(model, noisy[i:i + batch_size], t[i:i + batch_size], abs=abs)
                        for i in range(0, len(noisy), batch_size)])
     return grads.view(b, samples, *x.shape[1:]).mean(1)
+
+
+def guided_backprop(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
+    """Guided backpropagation (Springenberg et al. 2015): the backward pass of ``∂f_c/∂x``,
+    except that every ``nn.ReLU`` passes back only the positive part of what it receives::
+
+        gradient:         R_in = 1[z > 0] ⊙ R_out
+        guided backprop:  R_in = 1[z > 0] ⊙ max(R_out, 0)
+
+    (``z``: the ReLU's input; the result is shaped like ``x``). A full backward hook on each
+    ``nn.ReLU`` sees ``1[z > 0] ⊙ R_out`` and clips it, as captum's ``GuidedBackprop`` does.
+    """
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise ValueError("guided backpropagation needs the model's ReLUs as nn.ReLU modules "
+                         "(a functional F.relu cannot be hooked); this model has none")
+    handles = [m.register_full_backward_hook(lambda mod, g_in, g_out: (g_in[0].clamp_min(0),))
+               for m in relus]
+    try:
+        return input_gradient(model, x, target)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,6 +396,6 @@ def activation_maximisation(model: nn.Module, objective: Callable, n: int,
 
 
 __all__ = ["SIZES", "GlobalMaxCNN", "target_logit", "input_gradient", "gaussian_blur",
-           "saliency", "input_x_gradient", "smoothgrad", "RULES", "quadrature", "IGResult",
-           "integrated_gradients", "grad_cam", "occlusion", "logit_objective",
+           "saliency", "input_x_gradient", "smoothgrad", "guided_backprop", "RULES", "quadrature",
+           "IGResult", "integrated_gradients", "grad_cam", "occlusion", "logit_objective",
            "channel_objective", "activation_maximisation"]

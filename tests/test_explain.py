@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 
 from fmlab import data, train  # noqa: E402
 from fmlab.explain import (GlobalMaxCNN, activation_maximisation, channel_objective,  # noqa: E402
-                           grad_cam, input_x_gradient, integrated_gradients,
+                           grad_cam, guided_backprop, input_x_gradient, integrated_gradients,
                            logit_objective, occlusion, quadrature, saliency, smoothgrad,
                            target_logit)
 from fmlab.explain_eval import (cascading_randomisation, centre_prior, curve_auc,  # noqa: E402
@@ -82,6 +82,29 @@ def test_smoothgrad_matches_noise_tunnel_with_the_same_noise(model, batch, absol
                                          generator=torch.Generator().manual_seed(1)))
 
 
+def test_guided_backprop_matches_captum(model, batch):
+    x, y = batch
+    ours = guided_backprop(model, x, y)
+    assert close(ours, captum_attr.GuidedBackprop(model).attribute(x, target=y))
+    # it differs from the gradient, and its hooks are gone afterwards
+    assert not close(ours, saliency(model, x, y, abs=False))
+    assert all(not m._backward_hooks for m in model.modules())
+    assert torch.equal(saliency(model, x, y), captum_attr.Saliency(model).attribute(x, target=y))
+
+
+def test_guided_backprop_of_one_relu_keeps_the_positive_gradient():
+    """f(x) = w · ReLU(x): the gradient is w ⊙ 1[x > 0]; guided backprop keeps its positive part."""
+    w = torch.tensor([2.0, -3.0, 1.0, -1.0])
+    net = nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Linear(4, 1, bias=False))
+    with torch.no_grad():
+        net[2].weight.copy_(w[None])
+    x = torch.tensor([1.0, 1.0, -1.0, 2.0]).view(1, 1, 2, 2)
+    assert torch.equal(guided_backprop(net, x, 0).flatten(), torch.tensor([2.0, 0, 0, 0]))
+    assert torch.equal(saliency(net, x, 0, abs=False).flatten(), torch.tensor([2.0, -3, 0, -1]))
+    with pytest.raises(ValueError, match="nn.ReLU"):
+        guided_backprop(nn.Sequential(nn.Flatten(), nn.Linear(4, 1)), x, 0)
+
+
 @pytest.mark.parametrize("rule", ["riemann_left", "riemann_right", "riemann_middle",
                                   "gausslegendre"])
 def test_integrated_gradients_matches_captum(model, batch, rule):
@@ -143,6 +166,7 @@ def test_methods_leave_the_model_alone(batch):
     x, y = batch
     for f in (lambda: saliency(net, x, y), lambda: smoothgrad(net, x, y, 2),
               lambda: integrated_gradients(net, x, y, steps=4),
+              lambda: guided_backprop(net, x, y),
               lambda: grad_cam(net, x, y, "features.block3"),
               lambda: occlusion(net, x, y, 8, 8)):
         f()
