@@ -173,13 +173,25 @@ class LoRALinear(nn.Module):
 def add_lora(model: nn.Module, targets=LORA_TARGETS, r: int = 4, alpha: float = 8.0) -> list[str]:
     """Wrap every ``nn.Linear`` whose name matches a pattern of ``targets`` in a
     :class:`LoRALinear`; return their names. Freeze the rest yourself (:func:`freeze`)."""
+    return _wrap_linears(model, targets, lambda base: LoRALinear(base, r, alpha))
+
+
+def _wrap_linears(model: nn.Module, targets, wrap) -> list[str]:
+    """Replace every ``nn.Linear`` whose name matches a pattern of ``targets`` by
+    ``wrap(linear)``; return their names."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
              and any(fnmatch.fnmatchcase(n, t) for t in targets)]
     if not names:
         raise ValueError(f"no nn.Linear in the model matches {targets}")
     for n in names:
-        model.set_submodule(n, LoRALinear(model.get_submodule(n), r, alpha))
+        model.set_submodule(n, wrap(model.get_submodule(n)))
     return names
+
+
+def _unwrap(model: nn.Module, kind: type) -> None:
+    """Replace each ``kind`` wrapper by its untouched ``base`` layer."""
+    for n, m in [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]:
+        model.set_submodule(n, m.base)
 
 
 def merge_lora(model: nn.Module) -> dict[str, LoRALinear]:
@@ -199,8 +211,7 @@ def unmerge_lora(model: nn.Module, adapters: dict[str, LoRALinear]) -> None:
 
 def remove_lora(model: nn.Module) -> None:
     """Replace each adapter by its untouched base layer: the source model, bit for bit."""
-    for n, m in [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]:
-        model.set_submodule(n, m.base)
+    _unwrap(model, LoRALinear)
 
 
 # --- adapters ---------------------------------------------------------------------------------
@@ -235,19 +246,12 @@ class AdapterLinear(nn.Module):
 def add_adapters(model: nn.Module, targets=ADAPTER_TARGETS, bottleneck: int = 4) -> list[str]:
     """Follow every ``nn.Linear`` whose name matches a pattern of ``targets`` by an adapter
     (:class:`AdapterLinear`); return their names. Freeze the rest yourself (:func:`freeze`)."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)
-             and any(fnmatch.fnmatchcase(n, t) for t in targets)]
-    if not names:
-        raise ValueError(f"no nn.Linear in the model matches {targets}")
-    for n in names:
-        model.set_submodule(n, AdapterLinear(model.get_submodule(n), bottleneck))
-    return names
+    return _wrap_linears(model, targets, lambda base: AdapterLinear(base, bottleneck))
 
 
 def remove_adapters(model: nn.Module) -> None:
     """Replace each adapter by its untouched base layer: the source model, bit for bit."""
-    for n, m in [(n, m) for n, m in model.named_modules() if isinstance(m, AdapterLinear)]:
-        model.set_submodule(n, m.base)
+    _unwrap(model, AdapterLinear)
 
 
 # --- prompt tuning ----------------------------------------------------------------------------
