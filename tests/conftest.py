@@ -22,21 +22,22 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # `make test` runs them with --dist loadfile --no-loadscope-reorder, which hands out files in
 # this order. (xdist's default order puts the files with the most tests first: the longest
 # files, which hold few tests, then started last and one worker ran alone for minutes.)
-# Each file's seconds in one `make test` on 2 cores (2026-12-05) beside it; a file not listed
-# runs after these, chapters (book/*.ipynb, under nbval) before the other tests.
+# Each file's seconds in one `make test` on 2 cores beside it (the files: 2026-12-05; the
+# chapters, under nbval: 2026-12-06); a file not listed runs after these, chapters
+# (book/*.ipynb) before the other tests.
 HEAVIEST_FIRST = [
     "tests/test_colab.py",  # 405
     "tests/test_labs.py",  # 278
     "tests/test_grading_boundary.py",  # 125
-    "book/03_optimizers.ipynb",  # 80
+    "book/03_optimizers.ipynb",  # 114
+    "book/06_explanation.ipynb",  # 84
+    "book/05_compression.ipynb",  # 77
+    "book/01_training_cnn.ipynb",  # 72
     "tests/test_grading_bad.py",  # 68
-    "book/06_explanation.ipynb",  # 65
-    "book/01_training_cnn.ipynb",  # 62
-    "book/05_compression.ipynb",  # 56
+    "book/07_finetuning.ipynb",  # 63
+    "book/04_adversarial.ipynb",  # 53
     "tests/test_browser.py",  # 50 (alone; 177 once in the suite)
-    "book/04_adversarial.ipynb",  # 48
     "tests/test_grading_parent.py",  # 47
-    "book/07_finetuning.ipynb",  # 38
 ]
 
 

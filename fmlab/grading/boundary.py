@@ -34,6 +34,7 @@ processes. The child's side, :mod:`fmlab.grading.confine`, is the first program 
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -147,8 +148,6 @@ def _child_sys_path() -> list[str]:
                              env={"PATH": os.defpath, "LANG": "C.UTF-8"})
         if run.returncode != 0:
             raise RuntimeError(f"could not ask {sys.executable} for its path: {run.stderr[-500:]}")
-        import json
-
         _child_path.extend(p for p in json.loads(run.stdout) if p)
     return list(_child_path)
 

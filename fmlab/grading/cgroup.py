@@ -38,7 +38,8 @@ def _mounts() -> tuple[dict[str, str], str | None]:
         return v1, v2
     for line in lines:
         left, _, right = line.partition(" - ")
-        fields, (fstype, _source, options) = left.split(), (right.split() + ["", "", ""])[:3]
+        fields, after = left.split(), right.split() + ["", "", ""]
+        fstype, options = after[0], after[2]  # fstype, source, super options
         point = fields[4].encode().decode("unicode_escape")
         if fstype == "cgroup2":
             v2 = v2 or point

@@ -74,10 +74,16 @@ def isolation() -> boundary.Isolation:
         iso = boundary.detect()
     except ValueError as err:
         raise GradingError(str(err)) from None
-    if iso.warning and iso.warning not in _warned:
-        _warned.add(iso.warning)
-        print(f"fmlab grade: {iso.warning}", file=sys.stderr)
+    if iso.warning:
+        _warn_once(iso.warning)
     return iso
+
+
+def _warn_once(text: str) -> None:
+    """One line to the instructor, printed once per grader however many children it starts."""
+    if text not in _warned:
+        _warned.add(text)
+        print(f"fmlab grade: {text}", file=sys.stderr)
 
 
 # multiprocessing puts UNIX sockets in the temporary folder (DataLoader workers share tensors
@@ -116,12 +122,6 @@ def tail(path: Path, size: int) -> str:
 def _private(path: Path):
     """``path`` opened for writing, readable by its owner only."""
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
-
-
-def _warn_once(text: str) -> None:
-    if text not in _warned:
-        _warned.add(text)
-        print(f"fmlab grade: {text}", file=sys.stderr)
 
 
 class Child:
@@ -211,7 +211,7 @@ class Child:
         folders included; processes; CPU), and its output folder in memory, capped at the
         file-size limit (the parent reads each result from there, then deletes it)."""
         from . import cgroup
-        from .confine import _Libc
+        from .confine import MS_NODEV, MS_NOEXEC, MS_NOSUID, _Libc
 
         self.group, why = cgroup.create(self.limits.memory_mb, boundary.NPROC,
                                         max(1, int(self.limits.threads or 1)))
@@ -219,7 +219,7 @@ class Child:
             _warn_once(f"no control group per submission ({why}): memory, process and CPU "
                        f"limits hold per process only")
         try:
-            _Libc().mount("tmpfs", str(self.out), "tmpfs", 2 | 4 | 8,  # nosuid nodev noexec
+            _Libc().mount("tmpfs", str(self.out), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                           f"mode=0700,uid={self.uid},gid={self.uid},size={self.limits.file_mb}m")
             self.out_mounted = True
         except OSError as err:
