@@ -435,7 +435,8 @@ def evaluate(model: nn.Module, data: Dataset, batch_size: int = 512,
     """
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty dataset")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = torch.device(device) if device is not None else next(  # no parameters: the CPU
+        (p.device for p in model.parameters()), torch.device("cpu"))
     preds, loss_sum = [], torch.zeros((), device=dev)
     with eval_mode(model), torch.inference_mode():
         for xb, yb in batches(data.x.to(dev), data.y.to(dev), batch_size, shuffle=False):
