@@ -58,9 +58,10 @@ SIZES = {
         "sweep_n": 1000, "sweep_steps": 40, "sweep_eps": [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
         "strong_n": 500, "strong_steps": 100, "strong_restarts": 10,
     },
-    # FMLAB_SMOKE=1: the profile's code paths with token epochs, attack steps and subsets
+    # FMLAB_SMOKE=1: the profile's code paths with token epochs, attack steps, widths and
+    # subsets
     "smoke": {
-        "std_epochs": 1, "at_epochs": 1, "at_ramp_epochs": 1, "at_steps": 2,
+        "width": 8, "fgsm_n": 1000, "std_epochs": 1, "at_epochs": 1, "at_ramp_epochs": 1, "at_steps": 2,
         "fgsm_epochs": 1, "fgsm_ramp_epochs": 1, "watch_n": 20,
         "eval_steps": 2, "eval_restarts": 2, "sweep_n": 40, "sweep_steps": 2,
         "sweep_eps": [0.0, 0.1, 0.3], "strong_n": 20, "strong_steps": 3, "strong_restarts": 2,

@@ -298,7 +298,7 @@ def grade_q4(case, got):
     if model is None:
         return fits
     test = load("mnist", "test", source="embedded")  # 1,000 images the child never saw
-    eps, steps = case.get("eps", Q4_EPS), case.get("steps", 20)
+    eps, steps = case.get("eps", Q4_EPS), case.get("steps", 10)
     clean = robust_accuracy(model, test)
 
     def worst(m, x, y):  # per example, the worse of a cross-entropy and a margin attack
