@@ -10,10 +10,13 @@ PINS   := torch==2.14.1 torchvision==0.29.1 torchao==0.18.0
 
 install: $(VENV)/.installed
 
+# --no-compile, then tools/warm_imports.py compiles only what the course imports (pip's own
+# byte-compiling of every package's every file took about 40 of the install's 120 s).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(PINS) -e ".[book,test]"
+	$(PY) -m pip install --quiet --no-compile $(PINS) -e ".[book,test]"
+	env -u PYTHONDONTWRITEBYTECODE $(PY) tools/warm_imports.py
 	touch $@
 
 # JupyterLab on this checkout (the lab extra), for students working locally: open a lab from

@@ -141,9 +141,12 @@ def colab(tmp_path_factory):
         '"display_name": "Colab stand-in", "language": "python"}' % python)
     (tmp / "repo").mkdir()
     (tmp / "content").mkdir()  # the working folder, as Colab's /content: not this checkout
+    # PIP_COMPILE=0 (pip install --no-compile): pip leaves byte-compiling to the first import
+    # (most files of scipy or torchao are never imported here), which then writes the bytecode
     env = {**os.environ, course_home.INSTALL_ENV: snapshot(tmp / "repo"),
-           "FMLAB_PROFILE": "quick", "PYTHONNOUSERSITE": "1"}
+           "FMLAB_PROFILE": "quick", "PYTHONNOUSERSITE": "1", "PIP_COMPILE": "0"}
     env.pop("PYTHONPATH", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     timings = {"venv and snapshot": time.perf_counter() - started}
     yield {"kernels": tmp / "kernels", "env": env, "python": python, "timings": timings,
            "cwd": tmp / "content"}
