@@ -31,6 +31,8 @@ import torch
 from .runtime import data_dir, profile
 
 NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "shapes")
+# Those whose files exist only in the download cache (data_dir()): no package ships a copy.
+CACHED = ("fashion-mnist", "cifar10")
 SPLITS = ("train", "test")
 EMBEDDED_MNIST_TRAIN = 4000  # of the 5,000 embedded images; the other 1,000 are the test split
 DOWNLOAD_TIMEOUT_S = 15

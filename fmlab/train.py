@@ -11,8 +11,8 @@ Explained in book/01_training_cnn.ipynb, where the same loop is first written ou
   where it stopped and end with the same weights as an uninterrupted one (on the CPU, where
   kernels are deterministic).
 
-``fit`` keeps the data as tensors on the device and slices them into batches, shows a
-``tqdm.auto`` progress bar and records a :class:`~fmlab.monitor.History`.
+``fit`` keeps the data as tensors on the device, slices them into batches, shows a progress
+bar and records a :class:`~fmlab.monitor.History`.
 """
 from __future__ import annotations
 
@@ -37,10 +37,9 @@ from .runtime import device as default_device
 # Sizes of book/01_training_cnn.ipynb, per profile (read with ``profile().pick(SIZES)``).
 # ``val_fraction``: the share of the training images held out for validation (a fraction, so
 # the split fits whatever data was loaded: 500 of the 4,000 embedded images, 5,000 of 60,000);
-# ``seeds``: how many seeds the chapter's comparison runs; ``best_*``: the better model, whose
-# learning rate and epochs come from benchmarks/tune_ch1.py's grid on validation data (quick
-# profile): the full profile takes its best pair (3e-3, 15 epochs); the quick profile, which
-# must fit the book build's CPU budget, takes the grid's best learning rate at 5 epochs (1e-2).
+# ``seeds``: how many seeds the chapter's comparison runs; ``best_*``: the better model, from
+# benchmarks/tune_ch1.py's grid on validation data: the full profile takes its best pair (3e-3,
+# 15 epochs), the quick one (the book's CPU budget) the best learning rate at 5 epochs (1e-2).
 SIZES = {
     "quick": {"hand_epochs": 1, "epochs": 6, "patience": 3, "val_fraction": 1 / 8, "seeds": 3,
               "best_epochs": 5, "best_batch_size": 32, "best_lr": 1e-2},

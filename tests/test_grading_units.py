@@ -300,3 +300,42 @@ def test_seeded_draws_do_not_mix_between_threads():
     for t in threads:
         t.join()
     assert all(torch.equal(g, alone) for g in got)
+
+
+def test_the_grading_engine_names_no_dataset_and_no_lab():
+    """fmlab/grading/ knows no particular lab or dataset: a checks file declares what its lab
+    needs (MODULES, DATA, PRIVATE, prepare=training_images(name, ...)) and the engine reads it."""
+    import re
+
+    from fmlab.data import NAMES
+
+    root = Path(__file__).resolve().parents[1]
+    labs = [p.stem for p in (root / "labs" / "checks").glob("*.py") if not p.stem.startswith("_")]
+    common = {"digits", "shapes"}  # English words too: only quoted ("digits") is a name
+    names = [n for n in [*NAMES, *labs] if n not in common]
+    words = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b|(['\"])("
+                       + "|".join(common) + r")\2", re.I)
+    found = [f"{p.name}:{i}: {line.strip()}" for p in sorted((root / "fmlab" / "grading").glob("*.py"))
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if words.search(line.replace("fmlab.data", ""))]
+    assert not found, "\n".join(found)
+
+
+def test_what_a_checks_file_declares_private_is_out_of_reach(tmp_path):
+    from fmlab.grading.grader import _protected_paths
+    from fmlab.grading.spec import declared
+
+    (tmp_path / "checks").mkdir()
+    checks = tmp_path / "checks" / "demo.py"
+    checks.write_text('PRIVATE = ("../*.ipynb",)\n')
+    (tmp_path / "master.ipynb").write_text("{}")
+    module = type(sys)("demo")
+    exec(checks.read_text(), module.__dict__)
+    modules, data, private = declared(module, checks)
+    assert (modules, data, private) == ((), (), ("../*.ipynb",))
+    paths = _protected_paths(None, None, tmp_path / "sub" / "s.ipynb", checks, data, private)
+    assert str(tmp_path / "checks" / ".." / "master.ipynb") in paths or \
+        str(tmp_path / "master.ipynb") in paths, paths
+    module.PRIVATE = ("../*.ipynb", 3)
+    with pytest.raises(ValueError, match="PRIVATE must be a tuple of glob patterns"):
+        declared(module, checks)

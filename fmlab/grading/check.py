@@ -18,7 +18,7 @@ GRADING_ENV = "FMLAB_GRADING"
 
 
 def checks_path(lab: str) -> Path:
-    """The public checks file of ``lab`` (e.g. ``"cnn"``), shipped inside the fmlab package:
+    """The public checks file of the lab with id ``lab``, shipped inside the fmlab package:
     the package ``fmlab.checks`` is the folder ``labs/checks`` (``package-dir`` in
     pyproject.toml; labs/README.md says what else ``labs/`` holds)."""
     if not lab.replace("_", "").isalnum():

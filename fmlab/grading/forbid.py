@@ -4,7 +4,7 @@ Explained in book/instructors.md. A question that asks students to write X decla
 library's other ways of doing the same job in its checks file::
 
     Question(id="q1", ..., forbid=("torch.softmax", "torch.nn.functional.softmax",
-                                   "torch.Tensor.softmax", "fmlab.losses.softmax"))
+                                   "torch.Tensor.softmax", "torch.special.softmax"))
 
 While the question's ``run`` executes (in the grading child, and in ``check()`` inside the
 notebook), every name listed raises ``RuntimeError("this exercise asks you to write ...
@@ -21,7 +21,7 @@ Everything is restored when the case ends. :func:`static_problems` adds a check 
 call: an answer that *is* a forbidden object, a subclass of one, or whose code names one.
 
 A name ending in ``.*`` stands for every public function and class a module defines
-(``"fmlab.losses.*"``, ``"torchattacks.*"``); :func:`expand` lists them. A name whose top-level
+(``"torch.nn.functional.*"``, ``"torchattacks.*"``); :func:`expand` lists them. A name whose top-level
 package is not installed forbids nothing (a student cannot call what is not there), so a lab
 may forbid an optional library and still load in Colab's bare install; a name inside an
 installed package that does not exist is an error in the checks file.
@@ -83,7 +83,7 @@ def expand(names: Iterable[str]) -> list[str]:
     the module (or a submodule of it) defines, and names from packages that are not installed
     left out; a name that does not exist in an installed package raises LookupError.
 
-    >>> "fmlab.losses.softmax" in expand(["fmlab.losses.*"])
+    >>> "torch.nn.functional.softmax" in expand(["torch.nn.functional.*"])
     True
     >>> expand(["no_such_package_here.*", "torch.softmax"])
     ['torch.softmax']
@@ -235,8 +235,8 @@ def static_problems(value, names: Iterable[str], exercise: str = "this exercise"
     """Why ``value`` (an answer from the student's namespace) is a forbidden reference, if it is.
 
     Catches the answer being a forbidden object or a subclass of one, and code whose globals
-    name one or a subclass of one (``return F.softmax(z, dim)``, ``from fmlab.losses import
-    softmax``, ``MyConv(...)`` where ``class MyConv(nn.Conv2d)``).
+    name one or a subclass of one (``return F.softmax(z, dim)``, ``from torch.nn.functional
+    import softmax``, ``MyConv(...)`` where ``class MyConv(nn.Conv2d)``).
     """
     forbidden = forbidden_ids(names)
     problems = []

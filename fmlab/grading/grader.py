@@ -8,6 +8,7 @@ child never sees a reference value or the hidden tests file; what it returns is 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import math
 import sys
 import time
@@ -56,10 +57,10 @@ def _beside(submission: Path, needed: list[Path]) -> list[str]:
 
 
 def _protected_paths(tests, results_path, submission: Path, checks: Path,
-                     data: tuple[str, ...]) -> list[str]:
+                     data: tuple[str, ...], private: tuple[str, ...]) -> list[str]:
     """What the student's code may not read: the hidden tests, the results, the submission and
-    what is beside it, the masters next to the checks folder, and every dataset the checks do
-    not declare in ``DATA`` (with the data cache)."""
+    what is beside it, what the checks declare ``PRIVATE`` (the masters), and every dataset
+    they do not declare in ``DATA`` (with the data cache)."""
     from ..data import NAMES, files
     from ..runtime import data_dir
 
@@ -71,7 +72,7 @@ def _protected_paths(tests, results_path, submission: Path, checks: Path,
         paths.append(str(Path(tests).resolve()))
     paths.append(str(data_dir()))
     paths += [str(f) for name in NAMES if name not in data for f in files(name)]
-    paths += [str(p) for p in checks.resolve().parent.parent.glob("*.ipynb")]  # masters, if here
+    paths += [p for pattern in private for p in glob.glob(str(checks.resolve().parent / pattern))]
     return [p for p in paths if p]
 
 
@@ -91,11 +92,12 @@ def _grade_case(q: Question, e: Entry) -> Result:
 
 
 def _load_lab(checks: Path, tests, lab: str, only: list[str] | None):
-    """The lab's questions (those in ``only``), hidden cases and declared ``DATA``."""
+    """The lab's questions (those in ``only``), hidden cases, and the ``DATA`` and ``PRIVATE``
+    its checks declare."""
     try:
         module = load_module(checks)
         questions = load_questions(checks, module)
-        _, data = declared(module, checks)
+        _, *needs = declared(module, checks)
     except (ValueError, ImportError, SyntaxError, FileNotFoundError) as err:
         raise GradingError(f"the checks file {checks} is broken: {type(err).__name__}: {err}") from err
     hidden = load_hidden(tests, lab, questions)
@@ -104,7 +106,7 @@ def _load_lab(checks: Path, tests, lab: str, only: list[str] | None):
         if unknown:
             raise GradingError(f"lab {lab!r} has no question(s) {sorted(unknown)}")
         questions = [q for q in questions if q.id in only]
-    return questions, hidden, data
+    return questions, hidden, needs
 
 
 def _entries(questions: list[Question], hidden: dict, limits: Limits, checks: Path,
@@ -135,6 +137,22 @@ def _lab_of(nb, lab: str | None, report: Report) -> str | None:
     return lab or stored
 
 
+def _checks_of(submission: Path, lab: str | None, checks, report: Report) -> Path | None:
+    """The checks file to grade with, or None with ``report.error`` saying why there is none."""
+    if lab is None:
+        report.error = report.error or (
+            f"{submission.name} does not say which lab it is (no 'fmlab': {{'lab': ...}} in its "
+            "metadata). Start from the notebook you were given, or grade with --lab ID.")
+        return None
+    if checks is None:
+        try:
+            checks = checks_path(lab)
+        except (FileNotFoundError, ValueError) as err:
+            report.error = f"the notebook's lab id is not one of this course's labs: {err}"
+            return None
+    return Path(checks)
+
+
 def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, lab: str | None = None,
                    checks: str | Path | None = None, limits: Limits | None = None,
                    only: list[str] | None = None, results_path: str | Path | None = None,
@@ -154,21 +172,11 @@ def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, l
     except NotebookError as err:
         nb, report.error = None, str(err)
     report.lab = lab = _lab_of(nb, lab, report)
-    if lab is None:
-        report.error = report.error or (
-            f"{submission.name} does not say which lab it is (no 'fmlab': {{'lab': ...}} in its "
-            "metadata). Start from the notebook you were given, or grade with --lab ID.")
+    checks = _checks_of(submission, lab, checks, report)
+    if checks is None:
         report.execution_time = time.monotonic() - t0
         return report
-    if checks is None:
-        try:
-            checks = checks_path(lab)
-        except (FileNotFoundError, ValueError) as err:
-            report.error = f"the notebook's lab id is not one of this course's labs: {err}"
-            report.execution_time = time.monotonic() - t0
-            return report
-    checks = Path(checks)
-    questions, hidden, data = _load_lab(checks, tests, lab, only)
+    questions, hidden, needs = _load_lab(checks, tests, lab, only)
     entries = _entries(questions, hidden, limits, checks, prepare=nb is not None)
 
     by_id = {q.id: q for q in questions}
@@ -181,7 +189,7 @@ def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, l
     if nb is not None:
         deadline = t0 + limits.total_timeout
         outcome = run_in_children(entries, code_cells(nb), checks.resolve(), limits,
-                                  _protected_paths(tests, results_path, submission, checks, data)
+                                  _protected_paths(tests, results_path, submission, checks, *needs)
                                   + [str(Path(p).resolve()) for p in protect], deadline, grade)
         report.notes += outcome.notes
         report.children = outcome.children

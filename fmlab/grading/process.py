@@ -131,14 +131,7 @@ class Child:
                  iso: boundary.Isolation):
         self.root, self.limits, self.iso = root, limits, iso
         self.uid = boundary.allocate_uid() if iso.own_uid else None
-        self.work = root / f"work-{attempt}"
-        self.out = root / f"out-{attempt}"
-        for folder in (self.work, self.out):
-            folder.mkdir(mode=0o700)
-            if self.uid is not None:
-                os.chown(folder, self.uid, self.uid)
-        self.view = root / f"view-{attempt}"  # where its namespace builds its file system
-        self.view.mkdir(mode=0o700)
+        self._make_folders(attempt)
         self.group, self.out_mounted, self.oom = None, False, False
         if iso.mode == "root":
             self._contain()
@@ -187,6 +180,16 @@ class Child:
         self.pid: int | None = None if iso.namespaces else self.proc.pid  # the Python child
         self.progress: Progress | None = None
         self.stopped: str | None = None  # why the parent stopped it, if it did
+
+    def _make_folders(self, attempt: int) -> None:
+        """Its work and output folders (its own uid's) and the folder its view is built in."""
+        self.work, self.out = self.root / f"work-{attempt}", self.root / f"out-{attempt}"
+        for folder in (self.work, self.out):
+            folder.mkdir(mode=0o700)
+            if self.uid is not None:
+                os.chown(folder, self.uid, self.uid)
+        self.view = self.root / f"view-{attempt}"  # where its namespace builds its file system
+        self.view.mkdir(mode=0o700)
 
     def send(self, case: dict | None) -> None:
         """Send the child one case (plain data), or None: there are no more."""

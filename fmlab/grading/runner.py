@@ -31,10 +31,9 @@ from .process import Child, GradingError, Limits, isolation, tail, watch  # noqa
 from .spec import NotData, to_data
 
 WALL_MARK = "stopped at the wall-clock ceiling"
-# The largest result a master lab's case returns, measured over every public and hidden case:
-# 2.5 MB (the adversarial lab), 1.3 MB (CNN), 1.0 MB (compression: LeNet-300-100's weights),
-# under 0.1 MB in the other four. 16 MB leaves six times the largest; tests/test_labs.py
-# grades every master under it. A result over it fails its case, unread.
+# The largest result a master lab's case returns, measured over every public and hidden case
+# of the seven labs, is 2.5 MB (a trained model's weights); 16 MB leaves six times that, and
+# tests/test_labs.py grades every master under it. A result over it fails its case, unread.
 RESULT_MB = 16
 # What the notebook's own cells say (their errors, in the student's words) reaches the report
 # as at most this many notes of at most this many characters, marked as the notebook's.

@@ -6,7 +6,7 @@ touched. For each question it reads the functions and classes the question calls
 (``requires``) and every function and class of the notebook they name, transitively, and:
 
 * fails the question where that code names a forbidden reference directly: through the
-  notebook's imports and top-level aliases (``F.softmax``, ``from fmlab.losses import softmax``,
+  notebook's imports and top-level aliases (``F.softmax``, ``from torch.nn.functional import softmax``,
   ``sm = torch.softmax``, ``class MyConv(nn.Conv2d)``), compared by identity with what the
   question forbids;
 * flags it for a person where the code does what a scan cannot follow: ``__wrapped__``, stack

@@ -23,9 +23,11 @@ A checks module also declares what its lab needs, and the grading engine reads i
 no particular lab):
 
 * ``MODULES = ("captum.attr", ...)``: modules the child imports before the student's code runs;
-* ``DATA = ("digits", ...)``: the datasets (names of :func:`fmlab.data.load`) whose files the
+* ``DATA = (name, ...)``: the datasets (names of :func:`fmlab.data.load`) whose files the
   student's code may read itself while it is graded. The files of every other dataset, and the
-  data cache, are out of its reach; a question hands it the inputs it needs with ``prepare``.
+  data cache, are out of its reach; a question hands it the inputs it needs with ``prepare``;
+* ``PRIVATE = ("../*.ipynb", ...)``: glob patterns, relative to the checks file's folder, of
+  files the student's code may not read, such as the master notebooks with their solutions.
 """
 from __future__ import annotations
 
@@ -166,22 +168,26 @@ def load_questions(path: str | Path, module=None) -> list[Question]:
     return questions
 
 
-def declared(module, path: str | Path = "the checks file") -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The ``MODULES`` and ``DATA`` a checks module declares (see the module docstring)."""
-    from fmlab.data import NAMES
+def declared(module, path: str | Path = "the checks file") -> tuple[tuple[str, ...], ...]:
+    """The ``MODULES``, ``DATA`` and ``PRIVATE`` a checks module declares (see the module
+    docstring)."""
+    from fmlab.data import CACHED, NAMES
 
     modules, data = tuple(getattr(module, "MODULES", ())), tuple(getattr(module, "DATA", ()))
-    if not all(isinstance(m, str) for m in modules):
-        raise ValueError(f"{path}: MODULES must be a tuple of module names")
+    private = tuple(getattr(module, "PRIVATE", ()))
+    for name, value, what in (("MODULES", modules, "module names"),
+                              ("PRIVATE", private, "glob patterns")):
+        if not all(isinstance(m, str) for m in value):
+            raise ValueError(f"{path}: {name} must be a tuple of {what}")
     unknown = [d for d in data if d not in NAMES]
     if unknown:
         raise ValueError(f"{path}: DATA names {unknown}, which fmlab.data does not have "
                          f"(it has {', '.join(NAMES)})")
-    cached = [d for d in data if d in ("fashion-mnist", "cifar10")]
+    cached = [d for d in data if d in CACHED]
     if cached:  # the child's data cache is its own, empty folder
         raise ValueError(f"{path}: DATA names {cached}, which live in the data cache; the graded "
                          "code cannot download or read them: hand their images in with prepare")
-    return modules, data
+    return modules, data, private
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,15 +14,15 @@ from torch import nn
 from .spec import Result, expect_state_dict
 
 
-def training_images(dataset: str, split: str = "train", source: str = "embedded"):
+def training_images(dataset: str, split: str = "train", **options):
     """A ``prepare`` that hands the child the first ``case["n_train"]`` images of ``dataset``
-    (a name of :func:`fmlab.data.load`), as tensors with their class names. The checks file
-    declares the dataset: ``prepare=training_images("mnist")``."""
+    (a name of :func:`fmlab.data.load`, called with ``split`` and ``options``), as tensors with
+    their class names. The checks file declares the dataset, e.g.
+    ``prepare=training_images(name, source="embedded")``."""
     def prepare(case: dict) -> dict:
         from fmlab.data import load
 
-        kwargs = {"source": source} if dataset == "mnist" else {}
-        train = load(dataset, split, **kwargs).subset(case["n_train"])
+        train = load(dataset, split, **options).subset(case["n_train"])
         case.update(x=train.x, y=train.y, classes=list(train.classes), dataset=train.name)
         return case
 

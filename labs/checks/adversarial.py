@@ -23,6 +23,9 @@ from fmlab.grading import Question, Result, expect_state_dict
 from fmlab.grading.trained import (load_into_reference, score_between, train_in_child,
                                    training_images)
 
+# The master notebooks beside this folder: out of a graded answer's reach.
+PRIVATE = ("../*.ipynb",)
+
 # Imported in the grading child before the student's code runs; where torchattacks is not
 # installed (Colab's bare install of fmlab) the child skips it and forbid skips its names.
 MODULES = ("torchattacks",)
@@ -350,7 +353,7 @@ QUESTIONS = [
         ]),
     Question(
         id="q4", points=4, title="Train a robust CNN", requires=("train_robust_model",),
-        run=run_q4, grade=grade_q4, prepare=training_images("mnist"), timeout=150,
+        run=run_q4, grade=grade_q4, prepare=training_images("mnist", source="embedded"), timeout=150,
         forbid=ATTACKS + PGD,
         cases=lambda: [
             {"name": "4,000 training images, eps = 0.1", "n_train": 4000, "full_at": 0.70,

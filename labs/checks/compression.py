@@ -15,6 +15,9 @@ from fmlab.grading import Question, Result, expect_close
 from fmlab.grading.trained import (load_into_reference, score_between, train_in_child,
                                    training_images)
 
+# The master notebooks beside this folder: out of a graded answer's reach.
+PRIVATE = ("../*.ipynb",)
+
 MODULES = ("fmlab.models", "fmlab.data", "fmlab.train")
 
 PRUNING = ("fmlab.compress.magnitude_masks", "fmlab.compress.magnitude_prune",
@@ -378,7 +381,7 @@ QUESTIONS = [
              timeout=20, forbid=FAKE_QUANTIZATION),
     Question(id="q5", points=4, title="Prune LeNet-300-100 to 90% and keep its accuracy",
              requires=("train_sparse_model",), run=run_q5, grade=grade_q5,
-             prepare=training_images("mnist"), timeout=120, forbid=PRUNING,
+             prepare=training_images("mnist", source="embedded"), timeout=120, forbid=PRUNING,
              cases=lambda: [{"name": "4,000 training images, 90% of the weights zero",
                              "n_train": 4000, "sparsity": 0.9, "full_at": 0.91,
                              "zero_at": 0.85}]),

@@ -26,6 +26,9 @@ from torch import nn
 
 from fmlab.grading import Question, Result, expect_close
 
+# The master notebooks beside this folder: out of a graded answer's reach.
+PRIVATE = ("../*.ipynb",)
+
 # captum is imported before the grading sandbox closes (the parent's references use it, and
 # its classes must exist to be switched off).
 MODULES = ("captum.attr",)

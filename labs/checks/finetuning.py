@@ -23,6 +23,9 @@ from fmlab.grading import Question, Result, expect_close, expect_equal, expect_s
 from fmlab.grading.spec import describe
 from fmlab.grading.trained import score_between
 
+# The master notebooks beside this folder: out of a graded answer's reach.
+PRIVATE = ("../*.ipynb",)
+
 HAVE_PEFT = importlib.util.find_spec("peft") is not None
 # Imported by the grading child before its sandbox closes, so that switching peft's layers
 # off (forbid=) does not have to import it later. Where peft is not installed (Colab's bare

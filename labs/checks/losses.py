@@ -14,6 +14,9 @@ import torch.nn.functional as F
 
 from fmlab.grading import Question, expect_close
 
+# The master notebooks beside this folder: out of a graded answer's reach.
+PRIVATE = ("../*.ipynb",)
+
 # ---------------------------------------------------------------------------------------------
 # Helpers shared by run (child) and grade (parent)
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ import torch
 
 from fmlab.grading import Question, Result, expect_close
 
+# The master notebooks beside this folder: out of a graded answer's reach.
+PRIVATE = ("../*.ipynb",)
+
 ATOL = 1e-6
 
 
