@@ -5,6 +5,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # The exact versions CI tests with; pyproject.toml keeps open ranges for Colab.
 PINS   := torch==2.14.1 torchvision==0.29.1 torchao==0.18.0
+# Python writes each module's bytecode on its first import, and every later process (kernels,
+# grading children, tests) reads it. Where the environment sets PYTHONDONTWRITEBYTECODE, every
+# process would compile again each module that tools/warm_imports.py did not.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: book test install lab gpu bench clean students sync-install-cells vendor mutation
 
@@ -16,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-compile $(PINS) -e ".[book,test]"
-	env -u PYTHONDONTWRITEBYTECODE $(PY) tools/warm_imports.py
+	$(PY) tools/warm_imports.py
 	touch $@
 
 # JupyterLab on this checkout (the lab extra), for students working locally: open a lab from
