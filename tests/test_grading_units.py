@@ -134,12 +134,23 @@ def _report() -> Report:
     ], execution_time=1.234)
 
 
+def test_a_question_with_a_mistake_keeps_at_most_half_its_points():
+    """Half the mean when a case scored below 1, unless its score is read off a scale."""
+    q = lambda *cases: QuestionReport("q", "t", 4, [CaseReport(f"c{i}", False, s, "", scale)
+                                                    for i, (s, scale) in enumerate(cases)])
+    assert q((1.0, False), (1.0, False)).score == 4.0
+    assert q((1.0, False), (0.0, False)).score == 1.0  # half of 2
+    assert q((1.0, False), (0.9, False)).score == 1.9  # a sub-check failed: half of 3.8
+    assert q((1.0, False), (0.5, True)).score == 3.0  # a trained model half-way up its scale
+    assert q((0.5, True), (0.0, False)).score == 0.5
+
+
 def test_gradescope_results_schema(tmp_path):
     data = _report().to_gradescope()
-    assert data["score"] == 4.0 and data["extra_data"]["max_score"] == 5
+    assert data["score"] == 3.5 and data["extra_data"]["max_score"] == 5  # q1 has a failed case
     q1, q2 = data["tests"]
     assert set(q1) >= {"name", "score", "max_score", "status", "output", "visibility"}
-    assert (q1["score"], q1["status"], q2["status"]) == (1.0, "failed", "passed")
+    assert (q1["score"], q1["status"], q2["status"]) == (0.5, "failed", "passed")
     assert "expected (3, 4, 4)" not in q1["output"] and "hidden: b" in q1["output"]
     assert "expected (3, 4, 4)" in _report().to_gradescope(show_hidden=True)["tests"][0]["output"]
     path = tmp_path / "deep" / "results.json"
@@ -152,7 +163,7 @@ def test_gradebook_csv(tmp_path):
     broken = Report("broken.ipynb", None, error="not valid notebook JSON")
     write_gradebook([_report(), broken], tmp_path / "book.csv")
     rows = list(csv.DictReader(open(tmp_path / "book.csv")))
-    assert rows[0]["score"] == "4.0" and rows[0]["q1"] == "1.0" and rows[0]["q2"] == "3.0"
+    assert rows[0]["score"] == "3.5" and rows[0]["q1"] == "0.5" and rows[0]["q2"] == "3.0"
     assert rows[1]["score"] == "0.0" and "JSON" in rows[1]["error"]
 
 

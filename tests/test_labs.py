@@ -1,6 +1,6 @@
 """Every lab in labs/: the master scores full marks, its student version scores zero, and each
-wrong answer in tests/wrong_answers/<lab>.py scores below full marks on its question; those its
-file lists in LOSE_MOST lose most of the question's points (they keep at most half).
+wrong answer in tests/wrong_answers/<lab>.py loses most of its question's points (it keeps at
+most half).
 
 Generic: a new labs/NN_name.ipynb (with labs/checks/<lab>.py, labs/hidden/<lab>.py and
 tests/wrong_answers/<lab>.py) is picked up without editing this file.
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LABS = sorted((ROOT / "labs").glob("*.ipynb"))
 HIDDEN = ROOT / "labs" / "hidden"
 WRONG_DIR = ROOT / "tests" / "wrong_answers"
-KEEPS_AT_MOST = 0.5  # the share of a question's points a LOSE_MOST answer may keep
+KEEPS_AT_MOST = 0.5  # the share of a question's points a wrong answer may keep
 
 
 def lab_of(master: Path) -> str:
@@ -79,10 +79,6 @@ def test_wrong_answers_score_below_full(master, tmp_path):
     assert path.is_file(), f"add {path.relative_to(ROOT)} with WRONG = {{'q1': {{'name': source}}}}"
     module = load_module(path)
     wrong = module.WRONG
-    lose_most = {(q, name) for q, names in getattr(module, "LOSE_MOST", {}).items()
-                 for name in names}
-    unknown = lose_most - {(q, name) for q, answers in wrong.items() for name in answers}
-    assert not unknown, f"{path.name}: LOSE_MOST names answers WRONG lacks: {sorted(unknown)}"
     questions = {q.id: q for q in load_questions(checks_path(lab))}
     for qid, answers in wrong.items():
         assert qid in questions, f"{path.name}: {lab} has no question {qid}"
@@ -111,8 +107,7 @@ def test_wrong_answers_score_below_full(master, tmp_path):
         assert report.error is None, report.error
         for qid, (name, _) in chosen.items():
             q = report.question(qid)
-            limit = KEEPS_AT_MOST * q.points if (qid, name) in lose_most else q.points - 1e-9
-            if q.score > limit:
+            if q.score > KEEPS_AT_MOST * q.points:
                 kept.append(f"{qid}/{name} keeps {q.score:g} of {q.points:g} points: "
                             f"{q.output(True)}")
     assert not kept, "\n".join(kept)

@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from .messages import describe_error
+from .report import share
 from .spec import NotData, Question, Result, case_name, load_questions, seeded, to_data
 
 GRADING_ENV = "FMLAB_GRADING"
@@ -37,7 +38,7 @@ class CheckReport:
 
     @property
     def score(self) -> float:
-        return sum(r.score for _, r in self.results) / max(len(self.results), 1)
+        return share([r.score for _, r in self.results], [r.scale for _, r in self.results])
 
     def __repr__(self) -> str:  # what a notebook shows as the cell's value
         return f"{self.question}: {sum(r.passed for _, r in self.results)}/{len(self.results)} public tests passed"

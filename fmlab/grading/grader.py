@@ -88,7 +88,7 @@ def _grade_case(q: Question, e: Entry) -> Result:
         return Result.fail(f"the result could not be checked: {type(err).__name__}: {err}{where}")
     if not isinstance(result, Result) or not isinstance(result.score, (int, float)) or math.isnan(result.score):
         return Result.fail(f"the checks file returned {result!r} instead of a Result")
-    return Result(min(max(float(result.score), 0.0), 1.0), str(result.message))
+    return Result(min(max(float(result.score), 0.0), 1.0), str(result.message), result.scale is True)
 
 
 def _load_lab(checks: Path, tests, lab: str, only: list[str] | None):
@@ -233,8 +233,8 @@ def _scan(cells: list[str], questions: list[Question], entries: list[Entry], rep
                     e.done, e.error = True, found.problems[0]
 
 
-def _astuple(r: Result) -> tuple[float, str]:
-    return r.score, r.message
+def _astuple(r: Result) -> tuple[float, str, bool]:
+    return r.score, r.message, r.scale
 
 
 def grade_many(submissions: list[Path], jobs: int = 1, **kwargs) -> list[Report]:

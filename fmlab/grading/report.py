@@ -1,8 +1,8 @@
 """Grading reports: Gradescope's results.json, a readable table, and a CSV gradebook.
 
-Explained in book/instructors.md. A question's score is ``points × mean(case scores)`` over its
-public and hidden cases; each question is one entry of ``tests[]``, whose ``output`` lists each
-case with its verdict. Hidden cases show their name and verdict; their messages (which may quote
+Explained in book/instructors.md. A question's score is ``points × share(case scores)`` over its
+public and hidden cases (:func:`share`: their mean, halved when a case found a mistake); each
+question is one entry of ``tests[]``, whose ``output`` lists each case with its verdict. Hidden cases show their name and verdict; their messages (which may quote
 expected values) only with ``show_hidden=True``.
 """
 from __future__ import annotations
@@ -15,12 +15,31 @@ from pathlib import Path
 from ..runtime import atomic_write
 
 
+def share(scores: list[float], scale: list[bool] | None = None) -> float:
+    """The share of a question's points its cases earn: the mean of their scores (each in
+    [0, 1]), halved when any case found a mistake (scored below 1 without being a ``scale``
+    case, whose score is a trained model's result read off a scale). A function that is wrong
+    on one input is wrong, so it keeps less than half the question's points, whatever the other
+    cases say.
+
+    >>> share([1, 1, 1, 1]), share([1, 1, 1, 0]), share([1, 0.5]), share([1, 0.5], [False, True])
+    (1.0, 0.375, 0.375, 0.75)
+    """
+    if not scores:
+        return 0.0
+    scale = scale or [False] * len(scores)
+    mean = sum(scores) / len(scores)
+    mistake = any(s < 1 and not on_scale for s, on_scale in zip(scores, scale))
+    return mean / 2 if mistake else mean
+
+
 @dataclass
 class CaseReport:
     name: str
     hidden: bool
     score: float
     message: str
+    scale: bool = False  # a score read off a scale (spec.Result.scale)
 
     def line(self, show_hidden: bool) -> str:
         mark = "pass" if self.score >= 1 else ("part" if self.score > 0 else "FAIL")
@@ -42,9 +61,8 @@ class QuestionReport:
 
     @property
     def score(self) -> float:
-        if not self.cases:
-            return 0.0
-        return round(self.points * sum(c.score for c in self.cases) / len(self.cases), 4)
+        return round(self.points * share([c.score for c in self.cases],
+                                         [c.scale for c in self.cases]), 4)
 
     @property
     def passed(self) -> bool:

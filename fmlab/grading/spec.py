@@ -46,10 +46,16 @@ Data = Any  # tensors, numbers, str, None, and lists/tuples/dicts of those
 
 @dataclass
 class Result:
-    """The outcome of one case: ``score`` in [0, 1] and a message that explains it."""
+    """The outcome of one case: ``score`` in [0, 1] and a message that explains it.
+
+    ``scale=True`` marks a score read off a scale (a trained model's accuracy between two
+    bounds, :func:`fmlab.grading.trained.score_between`): part of it is a weaker result, not a
+    wrong one. Any other case that scores below 1 found a mistake, and its question keeps at
+    most half its points (:func:`fmlab.grading.report.share`)."""
 
     score: float
     message: str = ""
+    scale: bool = False
 
     @property
     def passed(self) -> bool:

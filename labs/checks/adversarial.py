@@ -318,7 +318,7 @@ def grade_q4(case, got):
         score, verdict = min(score, 0.5), "at most half marks while clean accuracy is too low"
     return Result(score, f"held-out clean accuracy {clean:.1%}, under PGD-{steps} at eps = {eps:g} "
                          f"{robust:.1%} on {len(test):,} images ({verdict}; clean must be at least "
-                         f"{case['min_clean']:.0%})")
+                         f"{case['min_clean']:.0%})", scale=True)
 
 
 QUESTIONS = [
@@ -356,7 +356,7 @@ QUESTIONS = [
         run=run_q4, grade=grade_q4, prepare=training_images("mnist", source="embedded"), timeout=150,
         forbid=ATTACKS + PGD,
         cases=lambda: [
-            {"name": "4,000 training images, eps = 0.1", "n_train": 4000, "full_at": 0.70,
-             "zero_at": 0.40, "min_clean": 0.90},
+            {"name": "4,000 training images, eps = 0.1", "n_train": 4000, "full_at": 0.75,
+             "zero_at": 0.55, "min_clean": 0.90},
         ]),
 ]

@@ -215,7 +215,7 @@ def grade_q4(case, got):
     test = load("mnist", "test", source="embedded")  # 1,000 images the child was never handed
     acc = evaluate(model, test).accuracy
     score, verdict = score_between(acc, case)
-    return Result(score, f"held-out accuracy {acc:.1%} on {len(test):,} images ({verdict})")
+    return Result(score, f"held-out accuracy {acc:.1%} on {len(test):,} images ({verdict})", scale=True)
 
 
 QUESTIONS = [

@@ -363,7 +363,7 @@ def grade_q5(case, got):
     acc = evaluate(model, test).accuracy
     score, verdict = score_between(acc, case)
     return Result(score, f"{zeros:.1%} of the weights are zero; held-out accuracy {acc:.1%} on "
-                         f"{len(test):,} images ({verdict})")
+                         f"{len(test):,} images ({verdict})", scale=True)
 
 
 QUESTIONS = [

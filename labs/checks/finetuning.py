@@ -310,7 +310,7 @@ def grade_q4(case, got):
     with torch.no_grad():
         acc = (head(ft.features(backbone, test.x)).argmax(1) == test.y).float().mean().item()
     score, verdict = score_between(acc, case)
-    return Result(score, f"held-out accuracy {acc:.1%} on {len(test)} images ({verdict})")
+    return Result(score, f"held-out accuracy {acc:.1%} on {len(test)} images ({verdict})", scale=True)
 
 
 QUESTIONS = [

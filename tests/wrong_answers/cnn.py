@@ -1,7 +1,8 @@
 """Plausible wrong answers for the lab "Training a CNN" (lab id ``cnn``).
 
 Each entry is Python source appended to the master notebook as a last cell; it redefines one
-exercise wrongly, and tests/test_labs.py asserts that the question then scores below full marks.
+exercise wrongly, and tests/test_labs.py asserts that the question then keeps at most half
+its points.
 """
 
 WRONG = {

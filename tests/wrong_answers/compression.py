@@ -1,4 +1,4 @@
-"""Plausible wrong answers to the compression lab; each must score below full marks on its question."""
+"""Plausible wrong answers to the compression lab; each must keep at most half of its question's points."""
 
 WRONG = {
     "q1": {
@@ -220,6 +220,3 @@ def train_sparse_model(train):
 ''',
     },
 }
-
-# mistakes students make that must cost most of the question's points, not a sliver
-LOSE_MOST = {"q3": ["teacher_not_detached"]}

@@ -1,4 +1,4 @@
-"""Plausible wrong answers to the fine-tuning lab; each must score below full marks on its question."""
+"""Plausible wrong answers to the fine-tuning lab; each must keep at most half of its question's points."""
 
 WRONG = {
     "q1": {
@@ -195,7 +195,3 @@ def train_probe(backbone, train):
 ''',
     },
 }
-
-# mistakes students make that must cost most of the question's points, not a sliver
-LOSE_MOST = {"q1": ["naive_exp"], "q2": ["alpha_not_over_r"],
-             "q4": ["trains_the_backbone_too"]}

@@ -1,4 +1,4 @@
-"""Plausible wrong answers to the losses lab; each must score below full marks on its question."""
+"""Plausible wrong answers to the losses lab; each must keep at most half of its question's points."""
 
 WRONG = {
     "q1": {
