@@ -2,8 +2,9 @@
 
 Explained in book/instructors.md. A question's score is ``points × share(case scores)`` over its
 public and hidden cases (:func:`share`: their mean, halved when a case found a mistake); each
-question is one entry of ``tests[]``, whose ``output`` lists each case with its verdict. Hidden cases show their name and verdict; their messages (which may quote
-expected values) only with ``show_hidden=True``.
+question is one entry of ``tests[]``, whose ``output`` lists each case with its verdict. Hidden
+cases show their name and verdict; their messages (which may quote expected values) only with
+``show_hidden=True``.
 """
 from __future__ import annotations
 
