@@ -345,8 +345,7 @@ def test_what_a_checks_file_declares_private_is_out_of_reach(tmp_path):
     modules, data, private = declared(module, checks)
     assert (modules, data, private) == ((), (), ("../*.ipynb",))
     paths = _protected_paths(None, None, tmp_path / "sub" / "s.ipynb", checks, data, private)
-    assert str(tmp_path / "checks" / ".." / "master.ipynb") in paths or \
-        str(tmp_path / "master.ipynb") in paths, paths
+    assert str((tmp_path / "master.ipynb").resolve()) in paths, paths
     module.PRIVATE = ("../*.ipynb", 3)
     with pytest.raises(ValueError, match="PRIVATE must be a tuple of glob patterns"):
         declared(module, checks)

@@ -72,7 +72,8 @@ def _protected_paths(tests, results_path, submission: Path, checks: Path,
         paths.append(str(Path(tests).resolve()))
     paths.append(str(data_dir()))
     paths += [str(f) for name in NAMES if name not in data for f in files(name)]
-    paths += [p for pattern in private for p in glob.glob(str(checks.resolve().parent / pattern))]
+    paths += [str(Path(p).resolve()) for pattern in private
+              for p in glob.glob(str(checks.resolve().parent / pattern))]
     return [p for p in paths if p]
 
 
