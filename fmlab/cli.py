@@ -1,9 +1,12 @@
-"""The ``fmlab`` command: ``fmlab grade``, ``fmlab assign``, ``fmlab data``, ``fmlab bench``.
+"""The ``fmlab`` command: ``fmlab grade``, ``fmlab gradebook``, ``fmlab assign``, ``fmlab data``,
+``fmlab bench``.
 
-``grade`` and ``assign`` are explained in book/instructors.md; ``bench`` runs a benchmark of
-benchmarks/ from a checkout. Exit status: 0 when the command did its job (for ``grade``:
-whatever the score, unless ``--min-score`` is given and not reached, then 1); 2 when the grader
-itself could not run (a broken checks file, a missing hidden-tests file, bad arguments).
+``grade``, ``gradebook`` and ``assign`` are explained in book/instructors.md; ``bench`` runs a
+benchmark of benchmarks/ from a checkout. Exit status: 0 when the command did its job (for
+``grade``: whatever the score, unless ``--min-score`` is given and not reached, then 1; for
+``gradebook``: 1 when a submission is missing, failed or graded twice, the table written all
+the same); 2 when the grader itself could not run (a broken checks file, a missing
+hidden-tests file, bad arguments).
 """
 from __future__ import annotations
 
@@ -22,8 +25,18 @@ def _limits(args):
     return limits
 
 
+def _shard(text: str) -> tuple[int, int]:
+    from .grading.gradebook import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def cmd_grade(args) -> int:
     from .grading.grader import grade_many, grade_notebook
+    from .grading.gradebook import in_shard, submissions_in
     from .grading.report import write_gradebook, write_json_atomic
     from .grading.runner import GradingError
 
@@ -32,12 +45,22 @@ def cmd_grade(args) -> int:
     common = dict(tests=args.tests, lab=args.lab, checks=args.checks, only=only)
     if args.tests is None:
         print("note: no --tests folder given; grading with the public tests only", file=sys.stderr)
+    if args.shard and not target.is_dir():
+        print(f"error: --shard splits a folder of submissions; {target} is not a folder",
+              file=sys.stderr)
+        return 2
     if target.is_dir():
-        subs = sorted(p for p in target.glob("*.ipynb") if not p.name.startswith("."))
+        subs = submissions_in(target)
         if not subs:
             print(f"error: no .ipynb files in {target}", file=sys.stderr)
             return 2
-        reports = grade_many(subs, jobs=args.jobs, limits=_limits(args), **common)
+        if args.shard:
+            k, n = args.shard
+            everything, subs = subs, in_shard(subs, k, n)
+            print(f"shard {k}/{n}: {len(subs)} of the {len(everything)} submissions in {target}")
+        if args.out:  # a shard's folder exists even when none of the submissions fell in it
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        reports = grade_many(subs, jobs=args.jobs, limits=_limits(args), **common) if subs else []
         for r in reports:
             print(r.table(args.show_hidden), end="\n\n")
             if args.out:
@@ -59,6 +82,52 @@ def cmd_grade(args) -> int:
         print(f"score {report.score:g} is below --min-score {args.min_score:g}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_gradebook(args) -> int:
+    """Merge the results files of ``fmlab grade`` (one folder per shard, or any files) into one
+    gradebook; list on stderr what is missing, failed or graded twice (exit status 1)."""
+    from .grading import gradebook as gb
+
+    try:
+        rows, unreadable = gb.read_results(args.results)
+        roster = gb.read_roster(args.roster) if args.roster else None
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.expect and not Path(args.expect).is_dir():
+        print(f"error: --expect {args.expect}: not a folder of submissions", file=sys.stderr)
+        return 2
+    if args.lab:
+        rows = [r for r in rows if r.lab == args.lab]
+    expected = ([s["submission"] for s in roster] if roster is not None else
+                [p.name for p in gb.submissions_in(args.expect)] if args.expect else None)
+    if not rows and not expected:
+        print(f"error: no results of fmlab grade in {', '.join(args.results)}"
+              + (f" for lab {args.lab}" if args.lab else ""), file=sys.stderr)
+        return 2
+    rows = gb.merge(rows, expected)
+    labs = sorted({r.lab for r in rows if r.lab})
+    if args.format != "fmlab":
+        if roster is None:
+            print(f"error: --format {args.format} needs --roster ROSTER.csv: a 'submission' column "
+                  f"(each notebook's file name) and the students' name, email, sid (SIS User ID), "
+                  f"id (Canvas's), sis login id, section, as {args.format} needs", file=sys.stderr)
+            return 2
+        if len(labs) > 1:
+            print(f"error: these results hold several labs ({', '.join(labs)}); a {args.format} "
+                  f"file holds one: add --lab LAB", file=sys.stderr)
+            return 2
+    assignment = args.assignment or (labs[0] if labs else "lab")
+    lines, notes = gb.table(rows, args.format, roster, assignment)
+    gb.write_csv(lines, args.out)
+    for line in [f"not a results file: {u}" for u in unreadable] + [f"note: {n}" for n in notes]:
+        print(line, file=sys.stderr)
+    listing, counts = gb.summary(rows)
+    print(listing, end="", file=sys.stderr)
+    print(f"gradebook: {args.out} ({len(rows)} submissions: {counts})")
+    trouble = unreadable or any(r.status in (gb.MISSING, gb.FAILED, gb.DUPLICATE) for r in rows)
+    return 1 if trouble else 0
 
 
 def cmd_assign(args) -> int:
@@ -141,8 +210,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jobs", type=int, default=1,
                    help="submissions graded at once (folder mode; at most one per core)")
     g.add_argument("--gradebook", default="gradebook.csv", help="CSV gradebook (folder mode)")
+    g.add_argument("--shard", type=_shard, metavar="K/N",
+                   help="grade only shard K of N of the folder (K = 1..N), as N machines do; "
+                        "fmlab gradebook merges their results")
     g.add_argument("--show-hidden", action="store_true", help="show hidden tests' messages too")
     g.set_defaults(func=cmd_grade)
+
+    m = sub.add_parser("gradebook", help="merge the results of fmlab grade (e.g. of N shards) "
+                       "into one gradebook", description="Read the results files of fmlab grade "
+                       "(folders are searched with their subfolders) and write one CSV: a row per "
+                       "submission, a column per question, the total and a status. Exit status 1 "
+                       "when a submission is missing, failed or was graded twice (listed on stderr).")
+    m.add_argument("results", nargs="+", help="folders (or files) of results, e.g. one per shard")
+    m.add_argument("--out", default="gradebook.csv", help="the CSV to write (default: gradebook.csv)")
+    who = m.add_mutually_exclusive_group()
+    who.add_argument("--roster", help="CSV of the students: a 'submission' column (notebook file "
+                     "name) and name, email, sid, id, sis login id, section as the format needs")
+    who.add_argument("--expect", metavar="FOLDER", help="the folder of submissions that was graded: "
+                     "its notebooks without results are listed as missing")
+    m.add_argument("--format", choices=("fmlab", "canvas", "gradescope"), default="fmlab",
+                   help="fmlab (default), canvas (gradebook import) or gradescope (scores upload)")
+    m.add_argument("--lab", help="only the results of this lab")
+    m.add_argument("--assignment", help="the assignment column's header in a Canvas file (default: "
+                   "the lab id; an exported column's 'Name (id)' updates that assignment)")
+    m.set_defaults(func=cmd_gradebook)
 
     a = sub.add_parser("assign", help="write student versions of the master labs and prove them")
     a.add_argument("labs", help="folder of master lab notebooks (labs/)")

@@ -8,12 +8,12 @@ cases show their name and verdict; their messages (which may quote expected valu
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..runtime import atomic_write
+from .gradebook import row_from_results, status_of, table, write_csv
 
 
 def share(scores: list[float], scale: list[bool] | None = None) -> float:
@@ -118,6 +118,7 @@ class Report:
             "visibility": "visible", "stdout_visibility": "hidden", "tests": tests,
             "extra_data": {"lab": self.lab, "max_score": self.max_score,
                            "submission": self.submission, "error": self.error,
+                           "status": status_of(self.error),  # what fmlab gradebook merges
                            # the instructor's view only: a student's CI run keeps results.json
                            **({"flags": self.flags} if show_hidden else {})},
         }
@@ -149,21 +150,8 @@ def write_json_atomic(data: dict, path: str | Path) -> None:
 
 
 def write_gradebook(reports: list[Report], path: str | Path) -> None:
-    """One row per submission: its score, max score, each question's score, and any error."""
-    qids: list[str] = []
-    for r in reports:
-        qids += [q.id for q in r.questions if q.id not in qids]
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            out = csv.writer(f)
-            out.writerow(["submission", "lab", "score", "max_score", *qids, "seconds", "error",
-                          "flags"])
-            for r in reports:
-                by_id = {q.id: q.score for q in r.questions}
-                out.writerow([r.submission, r.lab or "", r.score, r.max_score,
-                              *[by_id.get(q, "") for q in qids], round(r.execution_time, 1),
-                              (r.error or "")[:300],
-                              "; ".join(f"{q}: {', '.join(f)}" for q, f in r.flags.items())[:500]])
-
-    atomic_write(path, write)
+    """One row per submission, in the order given (``fmlab grade``'s: by file name): its
+    status, score, max score, each question's score, any error and the flags. The same table
+    as ``fmlab gradebook`` merges from the results files (:mod:`fmlab.grading.gradebook`)."""
+    rows = [row_from_results(r.to_gradescope(show_hidden=True)) for r in reports]
+    write_csv(table(rows)[0], path)
