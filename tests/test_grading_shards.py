@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,15 @@ WRONG_SOFTMAX = load_module(ROOT / "tests" / "wrong_answers" / "losses.py").WRON
 
 
 def fmlab(capsys, *argv) -> tuple[int, str, str]:
-    """``fmlab ARGV`` in this process: its exit status, stdout and stderr."""
+    """``fmlab ARGV`` in this process: its exit status, stdout and stderr. (``fmlab grade`` sets
+    FMLAB_PROFILE; the variable is restored afterwards.)"""
     capsys.readouterr()
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit:  # argparse's errors
-        code = exit.code
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FMLAB_PROFILE", os.environ.get("FMLAB_PROFILE", "quick"))
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit:  # argparse's errors
+            code = exit.code
     out, err = capsys.readouterr()
     return code, out, err
 
