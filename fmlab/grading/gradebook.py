@@ -1,6 +1,6 @@
 """Grading a class across machines: the shard partition, and one gradebook merged from results.
 
-Explained in book/instructors.md ("Grade a class across machines"). ``fmlab grade FOLDER --shard
+Explained in book/instructors.md ("A class across machines"). ``fmlab grade FOLDER --shard
 K/N`` grades the submissions whose file name falls in shard K of N (:func:`shard_of`: a SHA-256
 of the name, so every machine computes the same partition whatever else it sees); ``fmlab
 gradebook RESULTS...`` reads the results files the shards wrote (Gradescope's results.json,
