@@ -4,7 +4,16 @@ scratch and checked against ``torch.distributed``.
 Explained in book/08_distributed.ipynb. :func:`launch` runs a function in ``world_size``
 processes joined in one process group (gloo on a CPU, NCCL where each process has a GPU) and
 returns what each rank returned, in rank order; it forks, so a function defined in a notebook
-runs as it is. ``torchrun`` starts the same processes from a script instead.
+runs as it is. ``torchrun`` starts the same processes from a script instead. Inside them:
+
+* :func:`ring_all_reduce`: the sum over ranks from sends and receives alone, each rank sending
+  2(p-1)/p of the tensor (Patarasuk and Yuan 2009); :func:`tcp_bytes_sent` counts what a
+  process really sent;
+* :func:`broadcast_parameters` and :func:`all_reduce_gradients`: data parallelism by hand, one
+  all-reduce per gradient; :class:`BucketedGradSync` launches them in buckets from gradient
+  hooks while the backward pass goes on, as ``DistributedDataParallel`` does (Li et al. 2020);
+* :class:`ShardedOptimizer`: ZeRO stage 1 (Rajbhandari et al. 2020), each rank keeping the
+  optimizer state of a p-th of the parameters; :func:`optimizer_state_bytes` measures it.
 """
 from __future__ import annotations
 
@@ -12,12 +21,25 @@ import datetime
 import os
 import pickle
 import socket
+import struct
 import traceback
 import warnings
 from typing import Callable
 
 import torch
 import torch.distributed as dist
+
+# Sizes of book/08_distributed.ipynb (read with ``profile().pick(SIZES)``): the MLP of the
+# data-parallel runs, its per-rank batch and steps, the all-reduce whose bytes are counted, and
+# the wider MLP whose step is timed (in the full profile, on every GPU there is).
+SIZES = {
+    "quick": {"hidden": 32, "batch": 16, "steps": 10, "bytes_n": 1 << 20, "epochs": 3,
+              "timing_width": 256, "timing_depth": 4, "timing_batch": 128, "timing_steps": 20},
+    "full": {"hidden": 256, "batch": 64, "steps": 20, "bytes_n": 1 << 24, "epochs": 3,
+             "timing_width": 4096, "timing_depth": 8, "timing_batch": 512, "timing_steps": 50},
+    "smoke": {"hidden": 32, "batch": 16, "steps": 3, "bytes_n": 1 << 16, "timing_width": 64,
+              "timing_steps": 2},
+}
 
 
 class RankFailed(RuntimeError):
@@ -101,6 +123,10 @@ def launch(fn: Callable, *args, world_size: int = 2, backend: str | None = None,
     if world_size < 1:
         raise ValueError(f"world_size must be at least 1, got {world_size}")
     backend = backend or default_backend()
+    if backend == "nccl" and torch.cuda.is_initialized():
+        raise RuntimeError("this process has used CUDA already, and a forked process cannot use "
+                           "it again: call launch before any CUDA work, or start the ranks with "
+                           "torchrun")
     port = free_port()
     ctx = mp.get_context("fork")
     procs, conns = [], []
@@ -148,3 +174,265 @@ def launch(fn: Callable, *args, world_size: int = 2, backend: str | None = None,
     if failures:
         raise RankFailed(f"{len(failures)} of {world_size} ranks raised:\n" + "\n".join(failures))
     return results
+
+
+def rank_device() -> torch.device:
+    """Where this rank computes: its own GPU under NCCL, else the CPU (gloo)."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# --- collectives from point-to-point messages ------------------------------------------------
+
+def ring_all_reduce(tensor: torch.Tensor) -> int:
+    """Replace ``tensor`` by its sum over all ranks, by passing chunks round a ring; return the
+    bytes this rank sent.
+
+    The p ranks stand in a ring (rank r sends to r+1 and receives from r-1) and the tensor is
+    cut into p chunks. *Reduce-scatter*: in step s = 0..p-2 rank r sends chunk (r-s) mod p and
+    adds the chunk (r-s-1) mod p it receives to its own, so that after p-1 steps it holds the
+    finished sum of chunk (r+1) mod p. *All-gather*: in p-1 more steps every finished chunk is
+    passed on round the ring and copied. Each rank sends 2(p-1) chunks, 2(p-1)/p N values on
+    average over the ranks for N values, whatever p (Patarasuk and Yuan 2009).
+    """
+    if not tensor.is_contiguous():
+        raise ValueError("ring_all_reduce sums a tensor in place through a flat view of it; "
+                         "pass a contiguous tensor (call .contiguous() and copy back)")
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world == 1:
+        return 0
+    chunks = tensor.view(-1).tensor_split(world)  # p contiguous views, sizes differ by <= 1
+    right, left = (rank + 1) % world, (rank - 1) % world
+    sent = 0
+    for gathering in (False, True):
+        for s in range(world - 1):
+            out = chunks[(rank - s + gathering) % world]
+            into = chunks[(rank - s - 1 + gathering) % world]
+            incoming = torch.empty_like(into)
+            # sent and received together (one group): NCCL would deadlock on two blocking sends
+            for req in dist.batch_isend_irecv([dist.P2POp(dist.isend, out, right),
+                                               dist.P2POp(dist.irecv, incoming, left)]):
+                req.wait()
+            if gathering:
+                into.copy_(incoming)
+            else:
+                into.add_(incoming)
+            sent += out.numel() * out.element_size()
+    return sent
+
+
+def _sockets(pid: int | str) -> dict[str, int]:
+    """The sockets a process holds open: {"socket:[inode]": one of its descriptors}."""
+    found = {}
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:  # closed meanwhile (listdir's own descriptor, for one)
+                continue
+            if link.startswith("socket:"):
+                found.setdefault(link, int(fd))
+    except OSError:
+        pass
+    return found
+
+
+def tcp_bytes_sent() -> int | None:
+    """The bytes this process has sent on its open TCP connections, as the kernel counts them
+    (``TCP_INFO``'s ``tcpi_bytes_sent``, Linux 4.19 and later); None where that cannot be read.
+
+    gloo carries every collective over TCP (to 127.0.0.1 here), so the difference of two
+    readings is what this process sent in between: payload only, without TCP/IP headers, and
+    none of another process's traffic. A forked process shares the sockets it inherited with
+    its parent (a notebook kernel's, for one), whose counts include what the parent sends;
+    those are left out. NCCL between GPUs does not use these sockets.
+    """
+    if not os.path.isdir("/proc/self/fd") or not hasattr(socket, "TCP_INFO"):
+        return None
+    inherited = _sockets(os.getppid())
+    total = 0
+    for link, fd in _sockets("self").items():
+        if link in inherited:
+            continue
+        try:
+            s = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with s:
+            if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
+                continue
+            info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+            if len(info) < 208:  # a kernel before 4.19 has no tcpi_bytes_sent
+                return None
+            total += struct.unpack_from("Q", info, 200)[0]  # tcpi_bytes_sent's offset
+    return total
+
+
+# --- data parallelism ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s parameters and buffers, so that all start equal."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t, src)
+
+
+@torch.no_grad()
+def all_reduce_gradients(module: torch.nn.Module) -> int:
+    """Average each gradient over the ranks, one all-reduce per tensor (a sum, divided by p:
+    gloo has no average); return how many all-reduces ran."""
+    world, calls = dist.get_world_size(), 0
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
+            calls += 1
+    return calls
+
+
+class BucketedGradSync:
+    """Average gradients over the ranks in buckets, each all-reduced as soon as the backward
+    pass has produced all its gradients, while the pass goes on (Li et al. 2020).
+
+    The backward pass produces gradients roughly from the last layer to the first, so buckets
+    are filled in reverse order of ``module.parameters()``, each closed once it holds
+    ``bucket_bytes``. A hook (``register_post_accumulate_grad_hook``) counts each parameter's
+    gradient in; when its bucket is complete, the bucket's gradients are copied into one flat
+    tensor and an asynchronous all-reduce starts. Call :meth:`wait` after ``backward()`` and
+    before the optimizer's step: it waits for every bucket and writes the averages back. Every
+    rank's autograd runs the same graph, so the buckets start in the same order everywhere, as
+    collectives must. ``launched`` lists (bucket, gradients ready by then) for each bucket.
+    """
+
+    def __init__(self, module: torch.nn.Module, bucket_bytes: int = 25 * 2**20):
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the module has no parameter that requires a gradient")
+        if bucket_bytes <= 0:
+            raise ValueError(f"bucket_bytes must be positive, got {bucket_bytes}")
+        self.buckets: list[list[torch.Tensor]] = [[]]
+        size = 0
+        for p in reversed(params):
+            if size >= bucket_bytes:
+                self.buckets.append([])
+                size = 0
+            self.buckets[-1].append(p)
+            size += p.numel() * p.element_size()
+        self._bucket_of = {p: i for i, b in enumerate(self.buckets) for p in b}
+        self._hooks = [p.register_post_accumulate_grad_hook(self._ready) for p in params]
+        self.launched: list[tuple[int, int]] = []  # in the last backward pass
+        self._reset()
+
+    def _reset(self) -> None:
+        self._count = [0] * len(self.buckets)
+        self._work: dict[int, tuple] = {}
+
+    def _ready(self, p: torch.Tensor) -> None:
+        if not any(self._count):  # a new backward pass
+            self.launched = []
+        i = self._bucket_of[p]
+        self._count[i] += 1
+        if self._count[i] > len(self.buckets[i]):
+            raise RuntimeError("a second backward pass before wait(): call wait() after each "
+                               "backward (to accumulate gradients, sum the losses first)")
+        if self._count[i] == len(self.buckets[i]):
+            flat = torch.cat([q.grad.reshape(-1) for q in self.buckets[i]])
+            self._work[i] = (dist.all_reduce(flat, async_op=True), flat)
+            self.launched.append((i, sum(self._count)))
+
+    @torch.no_grad()
+    def wait(self) -> None:
+        """Wait for every bucket's all-reduce and put the averaged gradients in place."""
+        missing = [i for i in range(len(self.buckets)) if i not in self._work]
+        if missing:
+            raise RuntimeError(f"bucket(s) {missing} did not get all their gradients in this "
+                               f"backward pass: a parameter the loss does not use never fires "
+                               f"its hook; freeze it (requires_grad_(False)) or leave it out")
+        world = dist.get_world_size()
+        for i, (work, flat) in sorted(self._work.items()):
+            work.wait()
+            flat /= world
+            for q, g in zip(self.buckets[i], flat.split([q.numel() for q in self.buckets[i]])):
+                q.grad.copy_(g.view_as(q.grad))
+        self._reset()
+
+    def remove(self) -> None:
+        """Take the hooks off the parameters."""
+        for h in self._hooks:
+            h.remove()
+
+
+# --- a sharded optimizer --------------------------------------------------------------------
+
+class ShardedOptimizer:
+    """ZeRO stage 1 (Rajbhandari et al. 2020): each rank keeps the optimizer state of one
+    p-th of the parameters only.
+
+    The parameters, laid end to end, make one vector of N values, cut into p slices of
+    ceil(N/p) (the last one shorter). Rank r's optimizer (``optimizer_class(..., **options)``,
+    Adam by default) holds slice r alone, so its moments take 1/p of the memory. :meth:`step`
+    expects gradients already averaged over the ranks (:func:`all_reduce_gradients`, or DDP);
+    it updates this rank's slice and all-gathers the slices into every rank's parameters. That
+    equals the unsharded optimizer for any optimizer that updates value by value (SGD, Adam,
+    AdamW), not for one that uses a whole tensor's norm (LAMB, LARS).
+    """
+
+    def __init__(self, params, optimizer_class=torch.optim.Adam, **options):
+        self.params = [p for p in params if p.requires_grad]
+        if not self.params:
+            raise ValueError("ShardedOptimizer got no parameter that requires a gradient")
+        if len({(p.dtype, p.device) for p in self.params}) > 1:
+            raise ValueError("the parameters are laid end to end in one vector: give them one "
+                             "dtype and one device (or make one ShardedOptimizer per kind)")
+        self.world, rank = dist.get_world_size(), dist.get_rank()
+        self.numel = sum(p.numel() for p in self.params)
+        self.shard_size = -(-self.numel // self.world)
+        self.start = min(rank * self.shard_size, self.numel)
+        self.stop = min(self.start + self.shard_size, self.numel)
+        with torch.no_grad():
+            flat = torch.cat([p.reshape(-1) for p in self.params])
+        self.shard = torch.nn.Parameter(flat[self.start:self.stop].clone())
+        self.optimizer = optimizer_class([self.shard], **options)
+
+    @property
+    def state(self):
+        """This rank's optimizer state: its slice's moments only."""
+        return self.optimizer.state
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        missing = [i for i, p in enumerate(self.params) if p.grad is None]
+        if missing:
+            raise RuntimeError(f"parameters {missing} have no gradient: an unsharded optimizer "
+                               f"would skip them, a slice cannot; freeze them "
+                               f"(requires_grad_(False)) before making the optimizer")
+        grad = torch.cat([p.grad.reshape(-1) for p in self.params])
+        self.shard.grad = grad[self.start:self.stop].clone()
+        self.optimizer.step()
+        mine = torch.zeros(self.shard_size, dtype=grad.dtype, device=grad.device)
+        mine[: self.stop - self.start] = self.shard
+        slices = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(slices, mine)
+        flat = torch.cat(slices)[: self.numel]
+        for p, new in zip(self.params, flat.split([p.numel() for p in self.params])):
+            p.copy_(new.view_as(p))
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """The bytes this process holds in ``optimizer.state`` (Adam: two moments and a step count
+    per parameter); of a sharded tensor (FSDP's DTensor), the local shard. For torch's
+    ``ZeroRedundancyOptimizer`` pass its local optimizer, ``.optim``."""
+    local = [getattr(t, "to_local", lambda t=t: t)() for state in optimizer.state.values()
+             for t in state.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in local)
+
+
+__all__ = ["SIZES", "RankFailed", "launch", "free_port", "loopback_up", "default_backend",
+           "rank_device", "ring_all_reduce", "tcp_bytes_sent", "broadcast_parameters",
+           "all_reduce_gradients", "BucketedGradSync", "ShardedOptimizer",
+           "optimizer_state_bytes"]
