@@ -1,4 +1,5 @@
-"""Unit tests of the grading machinery that need no child process (plus one gradebook run)."""
+"""Unit tests of the grading machinery that need no child process (plus one gradebook run and
+a probe of a child's network namespace)."""
 from __future__ import annotations
 
 import csv
@@ -349,3 +350,63 @@ def test_what_a_checks_file_declares_private_is_out_of_reach(tmp_path):
     module.PRIVATE = ("../*.ipynb", 3)
     with pytest.raises(ValueError, match="PRIVATE must be a tuple of glob patterns"):
         declared(module, checks)
+
+
+LOOPBACK_PROBE = """
+import socket, sys
+sys.path.insert(0, sys.argv[1])
+import confine
+
+def talks():
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            socket.create_connection(server.getsockname(), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+before = talks()
+confine.loopback_up()
+print(before, talks())
+"""
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "userns"])
+def test_a_child_in_its_own_network_namespace_gets_a_loopback_of_its_own(user):
+    """A new network namespace has its loopback interface down; the child's first program
+    brings it up before it drops its privileges, so the child's own processes can talk on
+    127.0.0.1 (a lab whose cases start processes declares PROCESSES)."""
+    from fmlab.grading import boundary, confine
+
+    unshare = boundary._unshare()
+    if boundary._probe(unshare, user=user) is not None or (not user and os.geteuid() != 0):
+        pytest.skip("this machine cannot create these namespaces")
+    prefix = [unshare, *(["--user", "--map-root-user"] if user else []), "--net", "--"]
+    run = subprocess.run([*prefix, sys.executable, "-I", "-S", "-c", LOOPBACK_PROBE,
+                          os.path.dirname(confine.__file__)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.stdout.split() == ["False", "True"], run.stdout + run.stderr
+
+
+def test_a_lab_that_starts_processes_is_not_graded_without_a_boundary(tmp_path, monkeypatch):
+    """Where only the audit hook stands (it refuses processes and sockets), a lab that declares
+    PROCESSES is refused with what to do, before any child starts; a PROCESSES that is not a
+    bool is a broken checks file."""
+    from fmlab.grading.grader import grade_notebook
+    from fmlab.grading.runner import GradingError
+
+    checks = tmp_path / "demo.py"
+    checks.write_text(
+        "from fmlab.grading import Question, Result\n"
+        "PROCESSES = True\n"
+        "QUESTIONS = [Question('q1', 1, 'one', ('f',), lambda ns, c: 1,\n"
+        "                      lambda c, got: Result.ok(), lambda: [{}])]\n")
+    nb = {"cells": [], "metadata": {"fmlab": {"lab": "demo"}}, "nbformat": 4, "nbformat_minor": 5}
+    sub = tmp_path / "sub.ipynb"
+    sub.write_text(json.dumps(nb))
+    monkeypatch.setenv("FMLAB_GRADING_ISOLATION", "none")
+    with pytest.raises(GradingError, match=r"starts processes .* grade as root .* user namespaces"):
+        grade_notebook(sub, checks=checks)
+    checks.write_text(checks.read_text().replace("PROCESSES = True", "PROCESSES = 'yes'"))
+    with pytest.raises(GradingError, match="PROCESSES must be True or False"):
+        grade_notebook(sub, checks=checks)

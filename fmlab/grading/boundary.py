@@ -15,7 +15,8 @@ overridden by ``FMLAB_GRADING_ISOLATION=root|userns|uid|none``):
     ``/var/tmp`` and ``/dev/shm``; a few devices and its own ``/proc``. The checkout (``.git``
     included), the hidden tests, the masters, other submissions, home folders and the data
     no lab declares do not exist there, and ``/proc/self/mountinfo`` lists this view only. It
-    sees only its own processes, has no network, and cannot read any other process's memory.
+    sees only its own processes, has no network but a loopback interface of its own (on which
+    its own processes may talk to each other), and cannot read any other process's memory.
     Killing the namespace's first process kills every process in it, ``setsid`` or not.
 ``userns``  (not root, but unprivileged user namespaces are allowed)
     The same view, built inside a user namespace; the child keeps the grader's uid (the kernel

@@ -18,11 +18,12 @@ from pathlib import Path
 from .check import checks_path
 from .notebook import NotebookError, code_cells, lab_id, read_notebook
 from .report import CaseReport, QuestionReport, Report
-from .runner import Entry, GradingError, Limits, run_in_children
+from .runner import Entry, GradingError, Limits, isolation, run_in_children
 from .messages import cores
 from .notebook import schema_problem
 from .scan import Notebook, notebook_flags, scan
-from .spec import Question, Result, case_name, declared, load_module, load_questions, seeded
+from .spec import (Question, Result, case_name, declared, load_module, load_questions,
+                   needs_processes, seeded)
 
 
 def load_hidden(tests: str | Path | None, lab: str, questions: list[Question]) -> dict[str, list[dict]]:
@@ -93,12 +94,13 @@ def _grade_case(q: Question, e: Entry) -> Result:
 
 
 def _load_lab(checks: Path, tests, lab: str, only: list[str] | None):
-    """The lab's questions (those in ``only``), hidden cases, and the ``DATA`` and ``PRIVATE``
-    its checks declare."""
+    """The lab's questions (those in ``only``), hidden cases, the ``DATA`` and ``PRIVATE`` its
+    checks declare, and whether they declare ``PROCESSES``."""
     try:
         module = load_module(checks)
         questions = load_questions(checks, module)
         _, *needs = declared(module, checks)
+        processes = needs_processes(module, checks)
     except (ValueError, ImportError, SyntaxError, FileNotFoundError) as err:
         raise GradingError(f"the checks file {checks} is broken: {type(err).__name__}: {err}") from err
     hidden = load_hidden(tests, lab, questions)
@@ -107,7 +109,18 @@ def _load_lab(checks: Path, tests, lab: str, only: list[str] | None):
         if unknown:
             raise GradingError(f"lab {lab!r} has no question(s) {sorted(unknown)}")
         questions = [q for q in questions if q.id in only]
-    return questions, hidden, needs
+    return questions, hidden, needs, processes
+
+
+def _processes_possible(lab: str) -> None:
+    """A lab whose cases start processes (``PROCESSES``) is graded only behind a kernel
+    boundary: the audit hook alone refuses processes and sockets."""
+    if not isolation().processes_allowed:
+        raise GradingError(
+            f"lab {lab!r} starts processes that talk to each other over 127.0.0.1, which this "
+            f"grader allows only behind a kernel boundary, and it has none here: grade as root "
+            f"(sudo \"$(which fmlab)\" grade ...) or where unprivileged user namespaces are "
+            f"allowed. check() in the notebook runs the public tests without the grader.")
 
 
 def _entries(questions: list[Question], hidden: dict, limits: Limits, checks: Path,
@@ -177,7 +190,7 @@ def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, l
     if checks is None:
         report.execution_time = time.monotonic() - t0
         return report
-    questions, hidden, needs = _load_lab(checks, tests, lab, only)
+    questions, hidden, needs, processes = _load_lab(checks, tests, lab, only)
     entries = _entries(questions, hidden, limits, checks, prepare=nb is not None)
 
     by_id = {q.id: q for q in questions}
@@ -188,6 +201,8 @@ def grade_notebook(submission: str | Path, tests: str | Path | None = None, *, l
         e.result = _grade_case(by_id[e.qid], e)
 
     if nb is not None:
+        if processes:
+            _processes_possible(lab)
         deadline = t0 + limits.total_timeout
         outcome = run_in_children(entries, code_cells(nb), checks.resolve(), limits,
                                   _protected_paths(tests, results_path, submission, checks, *needs)

@@ -27,7 +27,10 @@ no particular lab):
   student's code may read itself while it is graded. The files of every other dataset, and the
   data cache, are out of its reach; a question hands it the inputs it needs with ``prepare``;
 * ``PRIVATE = ("../*.ipynb", ...)``: glob patterns, relative to the checks file's folder, of
-  files the student's code may not read, such as the master notebooks with their solutions.
+  files the student's code may not read, such as the master notebooks with their solutions;
+* ``PROCESSES = True``: its cases start processes that talk to each other over 127.0.0.1. The
+  grader allows that only behind a kernel boundary (a child with namespaces has a loopback
+  interface of its own); where it has none, it refuses to grade the lab and says what to do.
 """
 from __future__ import annotations
 
@@ -194,6 +197,14 @@ def declared(module, path: str | Path = "the checks file") -> tuple[tuple[str, .
         raise ValueError(f"{path}: DATA names {cached}, which live in the data cache; the graded "
                          "code cannot download or read them: hand their images in with prepare")
     return modules, data, private
+
+
+def needs_processes(module, path: str | Path = "the checks file") -> bool:
+    """Whether a checks module declares ``PROCESSES = True`` (see the module docstring)."""
+    value = getattr(module, "PROCESSES", False)
+    if type(value) is not bool:
+        raise ValueError(f"{path}: PROCESSES must be True or False")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
