@@ -101,9 +101,12 @@ def _log_calls(method: str, log: list, phase: list | None = None) -> None:
     original = getattr(dist.ProcessGroup, method)
 
     def logged(self, tensors, *args, **kwargs):
-        elements = sum(t.numel() for t in (tensors if isinstance(tensors, (list, tuple)) else [tensors]))
-        where = [int(args[0])] if method == "send" else list(phase or [])
-        log.append(where + [elements])
+        listed = tensors if isinstance(tensors, (list, tuple)) else [tensors]
+        if method == "send":
+            where = [int(args[0] if args else kwargs.get("dstRank", -1))]
+        else:
+            where = list(phase or [])
+        log.append(where + [sum(t.numel() for t in listed)])
         return original(self, tensors, *args, **kwargs)
 
     setattr(dist.ProcessGroup, method, logged)
@@ -134,8 +137,9 @@ def _ring_rank(rank, world, ring_all_reduce, case):
     sent: list = []
     _log_calls("send", sent)
     tensor = rank_tensor(case, rank)
-    ring_all_reduce(tensor)
-    return {"tensor": tensor, "sent": sent}
+    returned = ring_all_reduce(tensor)
+    returned = returned if isinstance(returned, torch.Tensor) else None
+    return {"tensor": tensor, "returned": returned, "sent": sent}
 
 
 def run_q1(ns, case):
@@ -156,6 +160,9 @@ def grade_q1(case, got):
         r = expect_close(out.get("tensor"), expected, atol=atol, rtol=rtol, check_dtype=True,
                          what=f"rank {rank}'s tensor after the call")
         if not r.passed:
+            if expect_close(out.get("returned"), expected, atol=atol, rtol=rtol).passed:
+                r.message = (f"rank {rank} returned the sum in a new tensor, but the tensor it "
+                             f"was given must hold it: write the sum into it, in place")
             return r
         sent = out.get("sent") or []
         strays = sorted({peer for peer, _ in sent if peer != (rank + 1) % world})
@@ -237,7 +244,8 @@ def _compare_weights(got, case, expected, rank) -> Result:
 def _same_weights(ranks: list) -> bool:
     first = ranks[0].get("weights")
     try:
-        return all(torch.equal(a, b) for out in ranks[1:] for a, b in zip(first, out.get("weights")))
+        return all(torch.equal(a, b) for out in ranks[1:]
+                   for a, b in zip(first, out.get("weights")))
     except (TypeError, RuntimeError):
         return False
 

@@ -1,4 +1,4 @@
-"""Plausible wrong answers to the distributed lab; each must keep at most half its question's points.
+"""Plausible wrong answers to the distributed lab; each keeps at most half its question's points.
 
 Each entry is Python source appended as a last cell to labs/08_distributed.ipynb; it redefines
 one exercise wrongly (the namespace already holds ``torch`` and ``dist``, torch.distributed).
