@@ -25,8 +25,8 @@ HIDDEN = {
         {"name": "2 ranks, one bucket for the whole model, 5 steps", "world_size": 2,
          "seed": 21, "widths": _MLP, "per_rank": 5, "steps": 5, "lr": 0.05,
          "bucket_elems": 10_000},
-        {"name": "4 ranks, buckets of >= 20 elements", "world_size": 4, "seed": 22,
-         "widths": _SMALL, "per_rank": 2, "steps": 2, "lr": 0.2, "bucket_elems": 20},
+        {"name": "4 ranks, buckets of >= 10 elements", "world_size": 4, "seed": 22,
+         "widths": _SMALL, "per_rank": 2, "steps": 2, "lr": 0.2, "bucket_elems": 10},
     ],
     "q3": [
         {"name": "2 ranks, 30 parameters (equal shards), 10 steps", "world_size": 2,
