@@ -7,8 +7,8 @@ returns what each rank returned, in rank order; it forks, so a function defined 
 runs as it is. ``torchrun`` starts the same processes from a script instead. Inside them:
 
 * :func:`ring_all_reduce`: the sum over ranks from sends and receives alone, each rank sending
-  2(p-1)/p of the tensor (Patarasuk and Yuan 2009); :func:`tcp_bytes_sent` counts what a
-  process really sent;
+  2(p-1)/p of the tensor (Patarasuk and Yuan 2009); :func:`tcp_bytes_sent_since` counts what
+  a process really sent;
 * :func:`broadcast_parameters` and :func:`all_reduce_gradients`: data parallelism by hand, one
   all-reduce per gradient; :class:`BucketedGradSync` launches them in buckets from gradient
   hooks while the backward pass goes on, as ``DistributedDataParallel`` does (Li et al. 2020);
@@ -238,20 +238,22 @@ def _sockets(pid: int | str) -> dict[str, int]:
     return found
 
 
-def tcp_bytes_sent() -> int | None:
-    """The bytes this process has sent on its open TCP connections, as the kernel counts them
-    (``TCP_INFO``'s ``tcpi_bytes_sent``, Linux 4.19 and later); None where that cannot be read.
+def tcp_bytes_sent() -> dict[str, int] | None:
+    """The bytes this process has sent so far on each of its open TCP connections, as the
+    kernel counts them (``TCP_INFO``'s ``tcpi_bytes_sent`` less ``tcpi_bytes_retrans``, Linux
+    4.19 and later), by socket; None where that cannot be read. See :func:`tcp_bytes_sent_since`.
 
-    gloo carries every collective over TCP (to 127.0.0.1 here), so the difference of two
-    readings is what this process sent in between: payload only, without TCP/IP headers, and
-    none of another process's traffic. A forked process shares the sockets it inherited with
-    its parent (a notebook kernel's, for one), whose counts include what the parent sends;
-    those are left out. NCCL between GPUs does not use these sockets.
+    gloo carries every collective over TCP (to 127.0.0.1 here). The counts are payload only,
+    without TCP/IP headers, and none of another process's traffic. Segments sent again count
+    once (on a busy machine TCP resends one now and then, even over loopback). A forked process
+    shares the sockets it inherited with its parent (a notebook kernel's, for one), whose counts
+    include what the parent sends; those are left out. NCCL between GPUs does not use these
+    sockets.
     """
     if not os.path.isdir("/proc/self/fd") or not hasattr(socket, "TCP_INFO"):
         return None
     inherited = _sockets(os.getppid())
-    total = 0
+    counts = {}
     for link, fd in _sockets("self").items():
         if link in inherited:
             continue
@@ -263,10 +265,24 @@ def tcp_bytes_sent() -> int | None:
             if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
                 continue
             info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
-            if len(info) < 208:  # a kernel before 4.19 has no tcpi_bytes_sent
+            if len(info) < 216:  # a kernel before 4.19 has neither count
                 return None
-            total += struct.unpack_from("Q", info, 200)[0]  # tcpi_bytes_sent's offset
-    return total
+            sent, resent = struct.unpack_from("QQ", info, 200)  # tcpi_bytes_sent, _retrans
+            counts[link] = sent - resent
+    return counts
+
+
+def tcp_bytes_sent_since(before: dict[str, int] | None) -> int | None:
+    """The bytes this process sent over TCP since ``before`` (a :func:`tcp_bytes_sent`): on the
+    connections open at both readings, and on those opened since.
+
+    A connection closed in between drops out, its bytes uncounted. gloo closes its connection
+    to a rank that has left the group, so read the count before any rank may leave: put a
+    barrier after this call, not only before it."""
+    now = tcp_bytes_sent()
+    if before is None or now is None:
+        return None
+    return sum(n - before.get(link, 0) for link, n in now.items())
 
 
 # --- data parallelism ---------------------------------------------------------------------------
@@ -433,6 +449,6 @@ def optimizer_state_bytes(optimizer) -> int:
 
 
 __all__ = ["SIZES", "RankFailed", "launch", "free_port", "loopback_up", "default_backend",
-           "rank_device", "ring_all_reduce", "tcp_bytes_sent", "broadcast_parameters",
-           "all_reduce_gradients", "BucketedGradSync", "ShardedOptimizer",
-           "optimizer_state_bytes"]
+           "rank_device", "ring_all_reduce", "tcp_bytes_sent", "tcp_bytes_sent_since",
+           "broadcast_parameters", "all_reduce_gradients", "BucketedGradSync",
+           "ShardedOptimizer", "optimizer_state_bytes"]

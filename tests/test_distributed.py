@@ -108,7 +108,9 @@ def test_ring_counts_the_bytes_the_kernel_counts_not_the_parents_traffic():
         sent = fd.ring_all_reduce(x)
         time.sleep(0.2)  # the parent's thread sends meanwhile
         dist.barrier()
-        return sent, fd.tcp_bytes_sent() - before, x[0].item()
+        measured = fd.tcp_bytes_sent_since(before)
+        dist.barrier()  # no rank leaves (gloo would close its connection) before all have read
+        return sent, measured, x[0].item()
     try:
         results = fd.launch(work)
     finally:
