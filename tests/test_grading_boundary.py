@@ -68,7 +68,28 @@ def sentinel():
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory, sentinel):
+def cross_job(tmp_path_factory):
+    """The master and a thief that copies other gradings' results, graded together by
+    ``fmlab grade --jobs 64`` (capped at the cores). Started before the other gradings of this
+    file and run beside them: the thief spends most of its 20 s waiting for what it would
+    steal, which no test need wait for. (``graded`` asks for it, so that it starts first.)"""
+    folder = tmp_path_factory.mktemp("cross-job")
+    subs = folder / "subs"
+    subs.mkdir()
+    write(subs, "a_victim", attacks.master("cnn"))
+    write(subs, "b_thief", attacks.cross_job_thief())
+    with open(folder / "stdout.txt", "w") as out, open(folder / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "fmlab", "grade", str(subs), "--tests",
+                                 str(HIDDEN), "--jobs", "64", "--questions", "q2", "--gradebook",
+                                 str(folder / "grades.csv")], cwd=folder, stdout=out, stderr=err)
+    yield proc, folder
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory, sentinel, cross_job):
     """The attacks graded by grade_notebook, two at a time."""
     folder = tmp_path_factory.mktemp("attacks")
     subs = {
@@ -107,10 +128,32 @@ def test_a_detached_process_cannot_rewrite_the_results(tmp_path):
     run = cli("grade", str(sub), "--tests", str(HIDDEN), "--out", str(results), "--questions", "q1",
               cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    end = time.time() + 8  # the forger waits for the grader's results.json, then rewrites it
-    while time.time() < end:
+    unchanged_while_a_forger_lives(results, 8)
+
+
+def alive(marker: str) -> bool:
+    """Whether a process whose command line holds ``marker`` runs (a zombie's is empty)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def unchanged_while_a_forger_lives(results: Path, seconds: float) -> None:
+    """The forger waits for the grader's results.json, then rewrites it; its command line holds
+    that path. The file is watched for ``seconds``, or until no such process is left: after
+    that nothing can rewrite it."""
+    end = time.time() + seconds
+    while True:
+        gone = not alive(str(results))
         data = json.loads(results.read_text())
         assert data["score"] == 0 and "forged" not in data, data
+        if gone or time.time() > end:
+            return
         time.sleep(0.5)
 
 
@@ -147,16 +190,13 @@ def test_delegating_the_exercise_scores_zero(graded, lab):
         assert "asks you to write this yourself" in messages(report, qid), (qid, messages(report, qid))
 
 
-def test_another_submissions_results_are_out_of_reach(tmp_path):
-    subs = tmp_path / "subs"
-    subs.mkdir()
-    write(subs, "a_victim", attacks.master("cnn"))
-    write(subs, "b_thief", attacks.cross_job_thief())
-    run = cli("grade", str(subs), "--tests", str(HIDDEN), "--jobs", "64", "--questions", "q2,q4",
-              "--gradebook", str(tmp_path / "grades.csv"), cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
-    assert "more than the" in run.stderr and "cores" in run.stderr  # --jobs capped, and said
-    rows = {r["submission"]: r for r in csv.DictReader(open(tmp_path / "grades.csv"))}
+def test_another_submissions_results_are_out_of_reach(cross_job):
+    proc, folder = cross_job
+    proc.wait(timeout=400)
+    stderr = (folder / "stderr.txt").read_text()
+    assert proc.returncode == 0, stderr
+    assert "more than the" in stderr and "cores" in stderr  # --jobs capped, and said
+    rows = {r["submission"]: r for r in csv.DictReader(open(folder / "grades.csv"))}
     assert rows["a_victim.ipynb"]["q2"] == "2.0" and rows["b_thief.ipynb"]["q2"] == "0.0", rows
 
 
@@ -166,45 +206,77 @@ def test_correct_work_in_notebook_form_keeps_full_marks(graded):
     assert not r.notes, r.notes
 
 
-def test_what_sleeps_or_spins_forever_stops_at_its_limit(tmp_path):
-    r = grade_notebook(write(tmp_path, "forever", attacks.forever()), HIDDEN,
-                       limits=Limits(case_timeout=2, cell_timeout=20, threads=1), only=FIRST3)
+CASE_S = 0.5  # the CPU-time limit of every case below; the wall-clock ceiling is 5 times that
+
+
+@pytest.fixture(scope="module")
+def forever(tmp_path_factory):
+    """The master, with a q1 that sleeps forever and a q2 that spins forever, graded with a
+    CPU-time limit of CASE_S per case; q3 is the master's."""
+    folder = tmp_path_factory.mktemp("forever")
+    return grade_notebook(write(folder, "forever", attacks.forever()), HIDDEN,
+                          limits=Limits(case_timeout=CASE_S, cell_timeout=20, threads=1),
+                          only=FIRST3)
+
+
+def test_what_sleeps_or_spins_forever_stops_at_its_limit(forever):
+    r = forever
     assert scores(r) == {"q1": 0, "q2": 0, "q3": 3.0}, [messages(r, q) for q in FIRST3] + r.notes
-    assert "stopped at the wall-clock ceiling of 10 s" in messages(r, "q1"), messages(r, "q1")
+    assert "stopped at the wall-clock ceiling of 2.5 s" in messages(r, "q1"), messages(r, "q1")
     assert "mostly waiting" in messages(r, "q1")
-    assert stopped_by_cpu_limit(messages(r, "q2"), 2), messages(r, "q2")
+    assert stopped_by_cpu_limit(messages(r, "q2"), CASE_S), messages(r, "q2")
     assert "machine load" in messages(r, "q2")
 
 
-def test_torchs_lazy_imports_are_not_charged_to_a_case(tmp_path):
+def test_torchs_lazy_imports_are_not_charged_to_a_case(forever):
     """The first torch.optim optimizer a process builds imports torch._dynamo (1.3-2 s of CPU
     measured); the child imports it before the cases, so q3's first case, which builds one,
-    fits in half a second of CPU (its work takes a few milliseconds)."""
-    r = grade_notebook(write(tmp_path, "master", attacks.master("cnn")), HIDDEN,
-                       limits=Limits(case_timeout=0.5, threads=1), only=["q3"])
-    assert scores(r) == {"q3": 3.0}, messages(r, "q3")
+    fits in half a second of CPU (its work takes a few milliseconds). (No case before it builds
+    one: q1 sleeps and q2 spins.)"""
+    assert CASE_S == 0.5
+    assert scores(forever)["q3"] == 3.0, messages(forever, "q3")
+
+
+# A busy loop that starts once the grading child has run the notebook's cells (its notes file
+# appears then), so that it slows the cases rather than the child's start; it says so.
+SPIN_AFTER_CELLS = (
+    "import glob, sys, time\n"
+    "while not glob.glob(sys.argv[1]):\n"
+    "    time.sleep(0.02)\n"
+    "open(sys.argv[2], 'w').close()\n"
+    "while True:\n"
+    "    pass\n")
 
 
 def test_a_busy_machine_costs_no_points(tmp_path):
     """A question whose work takes seconds (training the CNN lab's network: about 3 s of CPU
     time) under a CPU-time limit of 6 s, while two busy-loop processes share the core it runs
-    on. One core, so that the contention does not depend on what else this machine runs: the
-    case gets a third of it, so its wall time (about 9 s, and the test's more) passes the
-    limit; a limit on wall time would fail it, the CPU-time limit does not."""
+    on (from the moment its cases begin). One core, so that the contention does not depend on
+    what else this machine runs: the case gets a third of it, or half where the child has a
+    control group of its own, so that the cases' wall time passes the limit; a limit on wall
+    time would fail it, the CPU-time limit does not."""
     cores = os.sched_getaffinity(0)
+    scratch, folder = tmp_path / "scratch", tmp_path / "submission"  # (the folder of a
+    scratch.mkdir()  # submission is out of the child's reach: the scratch folder is not in it)
+    folder.mkdir()
+    notes = str(scratch / "fmlab-grade-*" / "out-*" / "notes.pt")
     os.sched_setaffinity(0, {min(cores)})  # the grader, its children and the loops inherit it
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN_AFTER_CELLS, notes,
+                                  str(tmp_path / f"spinning-{i}")]) for i in range(2)]
+    saved, tempfile.tempdir = tempfile.tempdir, str(scratch)
     t0 = time.monotonic()
     try:
-        r = grade_notebook(write(tmp_path, "master", attacks.master("cnn")), HIDDEN,
+        r = grade_notebook(write(folder, "master", attacks.master("cnn")), HIDDEN,
                            limits=Limits(case_timeout=6, threads=1), only=["q4"])
     finally:
         wall = time.monotonic() - t0
+        tempfile.tempdir = saved
         for p in spinners:
             p.kill()
             p.wait()
         os.sched_setaffinity(0, cores)
     assert scores(r) == {"q4": 3.0}, messages(r, "q4")
+    assert len(list(tmp_path.glob("spinning-*"))) == 2, "the loops never started (no notes file)"
     assert wall > 6, f"graded in {wall:.1f} s: the spinners did not take the core's time"
 
 
@@ -393,9 +465,7 @@ def test_a_grader_that_is_not_root_uses_user_namespaces(tmp_path):
                              "--questions", "q1"], folder)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "isolation is weaker" not in run.stderr  # user namespaces are allowed here
-    time.sleep(6)
-    data = json.loads(results.read_text())
-    assert data["score"] == 0 and "forged" not in data, data
+    unchanged_while_a_forger_lives(results, 6)
     run = run_as_other_user(["grade", "reader.ipynb", "--tests", str(HIDDEN), "--out", "r2.json",
                              "--questions", "q1,q2"], folder)
     assert run.returncode == 0, run.stdout + run.stderr
