@@ -1,5 +1,8 @@
 """Plausible wrong answers to the language-model lab; each must keep at most half its points.
 
+Three per question, so that tests/test_labs.py grades three rounds (each grading costs the
+suite a few seconds).
+
 Each entry is Python source appended as a last cell to labs/09_language_model.ipynb; it
 redefines one exercise wrongly (the namespace already holds ``torch``, ``math`` and the master's
 other answers, so a wrong ``merge`` is also what the master's ``encode`` calls).
@@ -16,16 +19,6 @@ def merge(ids, pair, new_id):
             out.append(ids[i])
             i -= 1
     return out[::-1]
-'''
-
-_MERGE_IN_PLACE = '''
-def merge(ids, pair, new_id):
-    i = 0
-    while i < len(ids) - 1:
-        if ids[i] == pair[0] and ids[i + 1] == pair[1]:
-            ids[i:i + 2] = [new_id]
-        i += 1
-    return ids
 '''
 
 _ENCODE_BY_COUNT = '''
@@ -109,8 +102,6 @@ _KEEP_CROSSING_OUT = '''keep_sorted = sorted_probs.cumsum(dim=-1) < top_p
 _OUT = '''keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
     kept = probs * keep
     return kept / kept.sum(dim=-1, keepdim=True)'''
-_OUT_NOT_RENORMALISED = '''keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-    return probs * keep'''
 _OUT_SORTED = '''kept = sorted_probs * keep_sorted  # still in sorted order
     return kept / kept.sum(dim=-1, keepdim=True)'''
 
@@ -133,7 +124,6 @@ def _sample(probs="nucleus_filter(logits, top_p)", generator=", generator=genera
 WRONG = {
     "q1": {
         "merge_right_to_left": _MERGE_RIGHT_TO_LEFT,
-        "merge_changes_its_input": _MERGE_IN_PLACE,
         "merges_in_count_order": _ENCODE_BY_COUNT,
         "characters_not_bytes": _ENCODE_CHARACTERS,
     },
@@ -141,20 +131,15 @@ WRONG = {
         "mask_after_the_softmax": _attention(body=_AFTER),
         "mask_hides_the_token_itself": _attention(diagonal=0),
         "mask_shows_the_next_token": _attention(diagonal=2),
-        "masked_with_zero": _attention(fill="0.0"),
-        "scaled_by_d_not_its_root": _attention(scale="D"),
     },
     "q3": {
         "attends_before_appending": _cache(attend=_ATTEND_OLD),
         "scaled_by_the_model_width": _cache(scale="math.sqrt(D)"),
         "cache_keeps_the_new_token_only": _cache(returned='{"k": k, "v": v}'),
-        "heads_interleaved": _cache(split="(x_new @ W).view(B, d_head, n_heads).transpose(1, 2).unsqueeze(2)"),
     },
     "q4": {
         "crossing_token_left_out": _filter(keep=_KEEP_CROSSING_OUT),
-        "not_renormalised": _filter(out=_OUT_NOT_RENORMALISED),
         "left_in_sorted_order": _filter(out=_OUT_SORTED),
         "sampler_ignores_the_generator": _sample(generator=""),
-        "sampler_from_the_whole_softmax": _sample(probs="torch.softmax(logits, dim=-1)"),
     },
 }
