@@ -200,14 +200,22 @@ class MultiHeadAttention(nn.Module):
         self.fused = True
         self.weights: torch.Tensor | None = None  # the last attention weights when fused=False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: "KVCache | None" = None, is_causal: bool = False) -> torch.Tensor:
+        """``mask`` (T, S), boolean, True where a query may attend (as :func:`attention`);
+        ``is_causal``: the mask of :func:`causal_mask` (the fused kernel then skips the masked
+        half); ``cache``: the keys and values of earlier positions, extended by this call's
+        (the GPT's KV cache; then S = earlier + T). Without any, every token sees every other."""
         b, t, d = x.shape  # (B, T, D)
         qkv = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, T, D/H)
+        if cache is not None:
+            k, v = cache.extend(k, v)  # each (B, H, S, D/H)
         if self.fused:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         else:
-            out, self.weights = attention(q, k, v, return_weights=True)
+            mask = causal_mask(t, device=x.device) if is_causal else mask
+            out, self.weights = attention(q, k, v, mask, return_weights=True)
         return self.proj(out.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
 
 
@@ -222,8 +230,9 @@ class Block(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: "KVCache | None" = None, is_causal: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask, cache, is_causal)
         return x + self.mlp(self.norm2(x))
 
 
@@ -353,3 +362,79 @@ def build(name: str, **kwargs) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# --- A small GPT (book/09_language_model.ipynb) ----------------------------------------------
+
+class KVCache:
+    """The keys and values one attention layer has computed so far, (B, H, S, D/H) each.
+
+    Generation with the cache feeds only the new token through the model: its query attends
+    to the cached keys and values of every earlier position, which are never recomputed.
+    """
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+def causal_mask(t: int, past: int = 0, device=None) -> torch.Tensor:
+    """(T, past + T) boolean: query i (at position past + i) may attend to keys 0..past + i."""
+    return torch.ones(t, past + t, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
+class GPT(nn.Module):
+    """A small decoder-only transformer language model (GPT-2's shape, Radford et al. 2019):
+    token and learned position embeddings, ``depth`` pre-norm :class:`Block` s with causal
+    self-attention (each position attends to itself and earlier ones only), a final
+    LayerNorm, and an output layer that shares the token embedding's weights (tied):
+    logits = LN(h) Eᵀ. Weights start as GPT-2's: normal with std 0.02, biases zero.
+
+    ``forward(idx)`` takes token ids (B, T), T ≤ ``context``, and returns logits (B, T, V);
+    with ``caches`` (one :class:`KVCache` per block, from :meth:`new_caches`) it continues
+    after the positions the caches hold.
+    """
+
+    def __init__(self, vocab_size: int, context: int = 64, dim: int = 64, depth: int = 2,
+                 heads: int = 4, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.config = dict(vocab_size=vocab_size, context=context, dim=dim, depth=depth,
+                           heads=heads, mlp_ratio=mlp_ratio)
+        self.context = context
+        self.tok_embed = nn.Embedding(vocab_size, dim)
+        self.pos_embed = nn.Embedding(context, dim)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        self.head.weight = self.tok_embed.weight  # tied: one (V, D) matrix
+
+    def new_caches(self) -> list[KVCache]:
+        return [KVCache() for _ in self.blocks]
+
+    def forward(self, idx: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+        b, t = idx.shape  # (B, T)
+        past = len(caches[0]) if caches else 0
+        if past + t > self.context:
+            raise ValueError(f"{past + t} positions exceed the context of {self.context}: "
+                             "feed at most the last `context` tokens (without a cache)")
+        pos = torch.arange(past, past + t, device=idx.device)
+        x = self.tok_embed(idx) + self.pos_embed(pos)  # (B, T, D)
+        # Without a past, the plain causal mask; one new token attends to every cached
+        # position (no mask); several new ones after a past need the mask written out.
+        mask = causal_mask(t, past, idx.device) if past and t > 1 else None
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, caches[i] if caches else None, is_causal=not past and t > 1)
+        return self.head(self.norm(x))  # (B, T, V)
