@@ -5,7 +5,8 @@ Format: fmlab/grading/spec.py; explained in book/instructors.md. ``run`` calls t
 code in the child and returns plain data; ``grade`` computes every reference in the parent with
 plain Python and torch arithmetic (float64): byte-pair merges, causal attention, attention over
 a whole prefix for the KV cache, and the nucleus of a distribution. The library versions of each
-exercise are switched off while the student's code runs (``forbid=``).
+exercise (the tokenizers library, torch's attention, fmlab's own BPE, attention, KV cache and
+sampling) are switched off while the student's code runs (``forbid=``).
 """
 from __future__ import annotations
 
@@ -24,10 +25,13 @@ PRIVATE = ("../*.ipynb",)
 # bare install of fmlab) the child skips the import and forbid skips its names.
 MODULES = ("tokenizers",)
 
-TOKENIZERS = ("tokenizers.*",)
+TOKENIZERS = ("tokenizers.*", "fmlab.text.merge", "fmlab.text.BPE", "fmlab.text.to_hf")
 ATTENTION = ("torch.nn.functional.scaled_dot_product_attention", "torch.nn.MultiheadAttention",
              "torch.nn.functional.multi_head_attention_forward", "fmlab.models.attention",
-             "fmlab.models.MultiHeadAttention")
+             "fmlab.models.MultiHeadAttention", "fmlab.models.causal_mask",
+             "fmlab.models.KVCache", "fmlab.models.GPT")
+SAMPLING = ("fmlab.lm.top_p_filter", "fmlab.lm.top_k_filter", "fmlab.lm.next_token",
+            "fmlab.lm.generate")
 
 
 # --- q1: byte-pair encoding ------------------------------------------------------------------------
@@ -354,5 +358,6 @@ QUESTIONS = [
              timeout=10, forbid=ATTENTION, cases=lambda: copy.deepcopy(CASES_Q3)),
     Question(id="q4", points=3, title="Nucleus (top-p) filtering and sampling",
              requires=("nucleus_filter", "nucleus_sample"), run=run_q4, grade=grade_q4,
-             prepare=prepare_q4, timeout=10, cases=lambda: copy.deepcopy(CASES_Q4)),
+             prepare=prepare_q4, timeout=10, forbid=SAMPLING,
+             cases=lambda: copy.deepcopy(CASES_Q4)),
 ]
