@@ -16,9 +16,9 @@ say "not implemented yet" rather than crash, every lab's public checks load (a l
 a library the bare install lacks), every master lab runs with every check passing, and every
 chapter runs to its end in the full profile's smoke size (below). One environment serves them
 all. The install cell runs again, as in Colab, and finds fmlab installed, in the student lab's
-and the checks' runs; the masters and the chapters' smoke runs below run that same cell (every
-notebook's first cell is it: tests/test_notebooks.py) as it runs outside Colab, without pip's
-repeat of the same no-op (2-3 s each, 14 notebooks). It needs git and a package index; without
+run; the other runs after it run that same cell (every notebook's first cell is it:
+tests/test_notebooks.py) as it runs outside Colab, without pip's repeat of the same no-op
+(2-3 s each, 15 notebooks). It needs git and a package index; without
 git it is skipped and says why.
 
 The chapters' smoke runs: the full profile, where the full datasets cannot be had, with a token
@@ -257,7 +257,7 @@ def test_every_labs_checks_load_in_the_bare_install(colab):
         "    print(info.name, [q.id for q in load_questions(path)])\n"
         "print('not installed:', missing)")
     cells = execute(colab, [nbformat.v4.new_code_cell(course_home.install_cell()), probe],
-                    "every lab's checks")
+                    "every lab's checks", reinstall=False)
     out = text(cells[-1])
     assert "not installed: ['torchattacks', 'peft', 'torch_pruning']" in out, out
     for lab in MASTERS:
