@@ -27,6 +27,7 @@ import pytest
 
 from fixtures import attacks
 from fixtures.bad_submissions import stopped_by_cpu_limit
+from fixtures.cli import fmlab_here
 from fmlab.grading.grader import grade_notebook
 from fmlab.grading.runner import Limits
 
@@ -122,12 +123,12 @@ def test_temporary_folders_are_removed(graded):
     assert graded["scratch left"] == []
 
 
-def test_a_detached_process_cannot_rewrite_the_results(tmp_path):
+def test_a_detached_process_cannot_rewrite_the_results(tmp_path, capsys):
     results = tmp_path / "results.json"
     sub = write(tmp_path, "forger", attacks.detached_forger(results))
-    run = cli("grade", str(sub), "--tests", str(HIDDEN), "--out", str(results), "--questions", "q1",
-              cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
+    status = fmlab_here("grade", str(sub), "--tests", str(HIDDEN), "--out", str(results),
+                        "--questions", "q1")
+    assert status == 0, capsys.readouterr().err
     unchanged_while_a_forger_lives(results, 8)
 
 
