@@ -33,14 +33,15 @@ SIZES = {
               "tune_lr": {"full": 1e-3, "lora": 1e-2, "scratch": 3e-3},
               "lora_r": 4, "generate": 48, "timing_repeats": 3},
     "full": {"vocab": 1024, "vocab_sizes": [256, 384, 512, 1024, 2048, 4096],
-             "gpt": {"context": 256, "dim": 256, "depth": 6, "heads": 8},
+             "gpt": {"context": 256, "dim": 256, "depth": 6, "heads": 16},
              "steps": 3000, "batch_size": 64, "lr": 1e-3, "warmup": 200,
              "scaling_dims": [64, 128, 256],
              "target": "email", "tune_steps": 1000, "tune_batch_size": 64,
              "tune_lr": {"full": 3e-4, "lora": 3e-3, "scratch": 1e-3},
              "lora_r": 8, "generate": 200, "timing_repeats": 5},
-    "smoke": {"steps": 3, "warmup": 1, "tune_steps": 2, "generate": 8,
-              "timing_repeats": 1},
+    # a token amount of work: tiny batches, held-out texts cut to their first tokens
+    "smoke": {"steps": 3, "warmup": 1, "tune_steps": 2, "generate": 8, "timing_repeats": 1,
+              "batch_size": 2, "tune_batch_size": 2, "eval_tokens": 1024},
 }
 
 
