@@ -85,9 +85,13 @@ def _rank_main(rank, world_size, port, backend, timeout, threads, fn, args, conn
         torch.set_num_threads(threads)
         if backend == "nccl":
             torch.cuda.set_device(rank % torch.cuda.device_count())
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                                world_size=world_size,
-                                timeout=datetime.timedelta(seconds=timeout))
+        wait = datetime.timedelta(seconds=timeout)
+        store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=wait)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                timeout=wait)
+        # Every rank connected before any runs fn: a rank whose fn returns at once would
+        # otherwise leave the group while another is still connecting to it.
+        dist.barrier()
         try:
             out = fn(rank, world_size, *args)
         finally:
@@ -127,7 +131,11 @@ def launch(fn: Callable, *args, world_size: int = 2, backend: str | None = None,
         raise RuntimeError("this process has used CUDA already, and a forked process cannot use "
                            "it again: call launch before any CUDA work, or start the ranks with "
                            "torchrun")
-    port = free_port()
+    # The rendezvous: a store served by this process on a port the kernel picks (port 0), so
+    # no other process can take the port between its choice and its use.
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=timeout))
+    port = store.port
     ctx = mp.get_context("fork")
     procs, conns = [], []
     with warnings.catch_warnings():
@@ -171,8 +179,13 @@ def launch(fn: Callable, *args, world_size: int = 2, backend: str | None = None,
                 p.join()
         for c in conns:
             c.close()
+    del store
     if failures:
-        raise RankFailed(f"{len(failures)} of {world_size} ranks raised:\n" + "\n".join(failures))
+        # The first line names a cause: a report that shows one line shows what went wrong.
+        first = failures[0].strip().splitlines()
+        cause = f"{first[0].strip('- ')}: {first[-1]}" if len(first) > 1 else first[0]
+        raise RankFailed(f"{len(failures)} of {world_size} ranks raised; {cause}\n"
+                         + "\n".join(failures))
     return results
 
 
