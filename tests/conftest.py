@@ -22,23 +22,24 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # `make test` runs them with --dist loadfile --no-loadscope-reorder, which hands out files in
 # this order. (xdist's default order puts the files with the most tests first: the longest
 # files, which hold few tests, then started last and one worker ran alone for minutes.)
-# Each file's seconds in one `make test` on 2 cores beside it (the files: 2026-12-05; the
-# chapters, under nbval: 2026-12-06); a file not listed runs after these, chapters
-# (book/*.ipynb) before the other tests.
+# Each file's seconds in one `make test` on 2 cores beside it (2026-12-06, from a fresh clone);
+# where a file has changed since, its seconds alone on the same 2 cores (busy with other work)
+# before and after the change. A file not listed runs after these, chapters (book/*.ipynb)
+# before the other tests.
 HEAVIEST_FIRST = [
-    "tests/test_colab.py",  # 405
-    "tests/test_labs.py",  # 278
-    "tests/test_grading_boundary.py",  # 125
-    "book/03_optimizers.ipynb",  # 114
-    "book/06_explanation.ipynb",  # 84
-    "book/05_compression.ipynb",  # 77
+    "tests/test_labs.py",  # 272 with 7 labs; alone with 9: 361, 246 since the checks run once
+    "tests/test_colab.py",  # 322; alone: 411, 290 without pip's 16 reruns
+    "tests/test_grading_boundary.py",  # 156; alone: 154, 87-109 with shorter waits
+    "book/01_training_cnn.ipynb",  # 83
     "book/09_language_model.ipynb",  # 77 alone under nbval at load 4.5, 42 s of CPU (2026-12-06)
-    "book/01_training_cnn.ipynb",  # 72
-    "tests/test_grading_bad.py",  # 68
-    "book/07_finetuning.ipynb",  # 63
+    "book/06_explanation.ipynb",  # 75
+    "book/03_optimizers.ipynb",  # 72
+    "book/05_compression.ipynb",  # 62
+    "book/07_finetuning.ipynb",  # 61
+    "tests/test_browser.py",  # 60 (177 once in the suite)
     "book/04_adversarial.ipynb",  # 53
-    "tests/test_browser.py",  # 50 (alone; 177 once in the suite)
-    "tests/test_grading_parent.py",  # 47
+    "tests/test_grading_bad.py",  # 68; alone: 98, 79 with lower limits and fmlab's main in-process
+    "tests/test_grading_parent.py",  # 50
     "book/08_distributed.ipynb",  # 15-29 alone under nbval, 13 s of CPU (2026-12-06)
 ]
 
