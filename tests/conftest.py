@@ -31,7 +31,7 @@ HEAVIEST_FIRST = [
     "tests/test_colab.py",  # 322; alone: 411, 290 without pip's 16 reruns
     "tests/test_grading_boundary.py",  # 156; alone: 154, 87-109 with shorter waits
     "book/01_training_cnn.ipynb",  # 83
-    "book/09_language_model.ipynb",  # 77 alone under nbval at load 4.5, 42 s of CPU (2026-12-06)
+    "book/09_language_model.ipynb",  # 77 alone at load 4.5, 35 at load 1.3; 35-42 s of CPU
     "book/06_explanation.ipynb",  # 75
     "book/03_optimizers.ipynb",  # 72
     "book/05_compression.ipynb",  # 62
