@@ -31,7 +31,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     (2, 4)
     """
     k, sep, n = text.partition("/")
-    if not sep or not k.strip().isdigit() or not n.strip().isdigit():
+    whole = lambda part: part.strip().isascii() and part.strip().isdecimal()  # not '²'
+    if not sep or not whole(k) or not whole(n):
         raise ValueError(f"--shard takes K/N, two whole numbers such as 1/4 (got {text!r})")
     k, n = int(k), int(n)
     if n < 1 or not 1 <= k <= n:
