@@ -45,6 +45,19 @@ SIZES = {
 }
 
 
+def _need_two(tokens: torch.Tensor) -> None:
+    if len(tokens) < 2:
+        raise ValueError(f"need at least 2 tokens to predict one from another, got "
+                         f"{len(tokens)}")
+
+
+def _check_ids(tokens: torch.Tensor, vocab_size: int) -> None:
+    outside = tokens[(tokens < 0) | (tokens >= vocab_size)]
+    if len(outside):
+        raise ValueError(f"token id {int(outside[0])} is outside the vocabulary of "
+                         f"{vocab_size}")
+
+
 def batch(tokens: torch.Tensor, context: int, batch_size: int,
           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch_size`` windows at random offsets: inputs (B, T) and their next tokens (B, T)."""
@@ -56,7 +69,8 @@ def batch(tokens: torch.Tensor, context: int, batch_size: int,
     return window[:, :-1], window[:, 1:]
 
 
-def windows(tokens: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Tensor]:
+def windows(tokens: torch.Tensor, context: int
+            ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Non-overlapping windows that predict every token but the first exactly once: inputs
     and targets (W, T); the last window is shorter if need be, so it is returned apart."""
     n = (len(tokens) - 1) // context
@@ -70,6 +84,7 @@ def windows(tokens: torch.Tensor, context: int) -> tuple[torch.Tensor, torch.Ten
 def cross_entropy(model: GPT, tokens: torch.Tensor, batch_size: int = 64) -> float:
     """Mean next-token cross-entropy (nats) over every token of ``tokens`` but the first, each
     predicted from the earlier tokens of its window of ``model.context``."""
+    _need_two(tokens)
     model.eval()
     dev = next(model.parameters()).device
     x, y, (rx, ry) = windows(tokens, model.context)
@@ -123,12 +138,14 @@ def pretrain(model: GPT, tokens: torch.Tensor, *, steps: int, batch_size: int, l
 
 def unigram(train: torch.Tensor, vocab_size: int, add: float = 1.0) -> torch.Tensor:
     """log p(w) = log (c(w) + add) / (N + add·V): the training counts, add-one smoothed."""
+    _check_ids(train, vocab_size)
     counts = torch.bincount(train, minlength=vocab_size).double() + add
     return (counts / counts.sum()).log()  # (V,)
 
 
 def bigram(train: torch.Tensor, vocab_size: int, add: float = 1.0) -> torch.Tensor:
     """log p(w | u) = log (c(u, w) + add) / (c(u, ·) + add·V), (V, V), rows u."""
+    _check_ids(train, vocab_size)
     pairs = train[:-1] * vocab_size + train[1:]
     counts = torch.bincount(pairs, minlength=vocab_size ** 2).double()
     counts = counts.reshape(vocab_size, vocab_size) + add
@@ -138,6 +155,7 @@ def bigram(train: torch.Tensor, vocab_size: int, add: float = 1.0) -> torch.Tens
 def ngram_cross_entropy(logp: torch.Tensor, tokens: torch.Tensor) -> float:
     """Mean cross-entropy (nats) of a unigram (V,) or bigram (V, V) table over every token of
     ``tokens`` but the first (the tokens a GPT predicts in :func:`cross_entropy`)."""
+    _need_two(tokens)
     if logp.dim() == 1:
         return -logp[tokens[1:]].mean().item()
     return -logp[tokens[:-1], tokens[1:]].mean().item()
@@ -147,6 +165,8 @@ def ngram_cross_entropy(logp: torch.Tensor, tokens: torch.Tensor) -> float:
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the ``k`` largest logits of each row, the rest set to -inf."""
+    if not 1 <= k <= logits.shape[-1]:
+        raise ValueError(f"k counts the tokens kept, 1..{logits.shape[-1]}, got {k}")
     kth = logits.topk(k, dim=-1).values[..., -1:]  # (…, 1)
     return logits.masked_fill(logits < kth, float("-inf"))
 
@@ -167,6 +187,8 @@ def next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None
                ) -> torch.Tensor:
     """One id per row of ``logits`` (B, V): the argmax at temperature 0, otherwise a sample
     from softmax(logits / temperature), after the top-k and nucleus filters."""
+    if temperature < 0:
+        raise ValueError(f"temperature is 0 (greedy) or positive, got {temperature}")
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits / temperature

@@ -396,7 +396,8 @@ class GPT(nn.Module):
     token and learned position embeddings, ``depth`` pre-norm :class:`Block` s with causal
     self-attention (each position attends to itself and earlier ones only), a final
     LayerNorm, and an output layer that shares the token embedding's weights (tied):
-    logits = LN(h) Eᵀ. Weights start as GPT-2's: normal with std 0.02, biases zero.
+    logits = LN(h) Eᵀ. Weights start normal with std 0.02 (GPT-2's, without its residual
+    scaling), biases zero.
 
     ``forward(idx)`` takes token ids (B, T), T ≤ ``context``, and returns logits (B, T, V);
     with ``caches`` (one :class:`KVCache` per block, from :meth:`new_caches`) it continues

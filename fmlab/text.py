@@ -28,8 +28,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 # GPT-2's pre-tokenizer (the one of Hugging Face's ByteLevel), in the standard `re` module's
-# terms: \p{L} is [^\W\d_], \p{N} is \d, and [^\s\p{L}\p{N}] is [^\s\w] or "_". They agree on
-# the corpus here (the book checks the token ids against `tokenizers`).
+# terms: \p{L} is approximately [^\W\d_] and \p{N} approximately \d (they differ on numerals
+# such as ² and Ⅻ, which the standard `re` counts as letters), and [^\s\p{L}\p{N}] is [^\s\w]
+# or "_". They agree on the corpus here (the book checks the token ids against `tokenizers`).
 SPLIT = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+"""
                    r"""|\s+(?!\S)|\s+""")
 
@@ -200,7 +201,11 @@ class BPE:
     def decode(self, ids) -> str:
         """The text of ``ids``; a token sequence cut inside a UTF-8 character decodes with
         the replacement character there."""
-        return b"".join(self.vocab[int(i)] for i in ids).decode("utf-8", errors="replace")
+        try:
+            raw = b"".join(self.vocab[int(i)] for i in ids)
+        except KeyError as e:
+            raise ValueError(f"id {e.args[0]} is not in the vocabulary of {len(self)}") from None
+        return raw.decode("utf-8", errors="replace")
 
 
 def bytes_to_unicode() -> dict[int, str]:

@@ -89,6 +89,24 @@ def test_sampling_filters():
     assert draws == [0] * 5
 
 
+def test_bad_input_says_what_is_wrong():
+    with pytest.raises(ValueError, match="token id 3 is outside the vocabulary of 3"):
+        lm.unigram(torch.tensor([0, 3, 1]), 3)
+    with pytest.raises(ValueError, match="token id -1 is outside the vocabulary of 3"):
+        lm.bigram(torch.tensor([0, -1, 1]), 3)
+    logits = torch.zeros(1, 4)
+    for k in (0, 5):
+        with pytest.raises(ValueError, match="k counts the tokens kept"):
+            lm.top_k_filter(logits, k)
+    with pytest.raises(ValueError, match="temperature"):
+        lm.next_token(logits, temperature=-1.0)
+    one = torch.tensor([1])
+    with pytest.raises(ValueError, match="need at least 2 tokens"):
+        lm.ngram_cross_entropy(lm.unigram(one, 3), one)
+    with pytest.raises(ValueError, match="need at least 2 tokens"):
+        lm.cross_entropy(small(), one)
+
+
 def test_ngram_baselines_are_exact():
     train = torch.tensor([0, 1, 2, 1, 2, 0, 1])
     held = torch.tensor([1, 2, 0])

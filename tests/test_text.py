@@ -44,6 +44,8 @@ def test_bad_input_says_what_to_do():
         text.code_files("nope")
     with pytest.raises(ValueError, match="fraction"):
         text.split("abc", 1.5)
+    with pytest.raises(ValueError, match="id 300 is not in the vocabulary of 257"):
+        text.BPE([(97, 98)]).decode([97, 300])
 
 
 def test_corpus_is_offline_and_split_at_a_line_break():
