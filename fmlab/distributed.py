@@ -453,9 +453,9 @@ class ShardedOptimizer:
 
 
 def optimizer_state_bytes(optimizer) -> int:
-    """The bytes this process holds in ``optimizer.state`` (Adam: two moments and a step count
-    per parameter); of a sharded tensor (FSDP's DTensor), the local shard. For torch's
-    ``ZeroRedundancyOptimizer`` pass its local optimizer, ``.optim``."""
+    """The bytes this process holds in ``optimizer.state`` (Adam: two moments per parameter
+    value and a step count per parameter tensor); of a sharded tensor (FSDP's DTensor), the
+    local shard. For torch's ``ZeroRedundancyOptimizer`` pass its local optimizer, ``.optim``."""
     local = [getattr(t, "to_local", lambda t=t: t)() for state in optimizer.state.values()
              for t in state.values() if torch.is_tensor(t)]
     return sum(t.numel() * t.element_size() for t in local)
