@@ -42,6 +42,10 @@ SIZES = {
 }
 
 
+# Seconds the other ranks get to answer once one has failed.
+GRACE = 10.0
+
+
 class RankFailed(RuntimeError):
     """A rank of :func:`launch` raised: the message holds that rank's traceback."""
 
@@ -79,14 +83,15 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
 
 
-def _rank_main(rank, world_size, port, backend, timeout, threads, fn, args, conn) -> None:
+def _rank_main(rank, world_size, store_file, backend, timeout, threads, fn, args, conn) -> None:
     status = 1
     try:
         torch.set_num_threads(threads)
         if backend == "nccl":
             torch.cuda.set_device(rank % torch.cuda.device_count())
         wait = datetime.timedelta(seconds=timeout)
-        store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=wait)
+        store = dist.FileStore(store_file, world_size)
+        store.set_timeout(wait)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
                                 timeout=wait)
         # Every rank connected before any runs fn: a rank whose fn returns at once would
@@ -131,11 +136,14 @@ def launch(fn: Callable, *args, world_size: int = 2, backend: str | None = None,
         raise RuntimeError("this process has used CUDA already, and a forked process cannot use "
                            "it again: call launch before any CUDA work, or start the ranks with "
                            "torchrun")
-    # The rendezvous: a store served by this process on a port the kernel picks (port 0), so
-    # no other process can take the port between its choice and its use.
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                          timeout=datetime.timedelta(seconds=timeout))
-    port = store.port
+    # The rendezvous: a file in a new folder (a store served over TCP needs a port that
+    # another process may take first, or a server thread in this process, and a process with
+    # such a thread now and then forked a rank that never joined: 3 launches in 300).
+    import shutil
+    import tempfile
+
+    rendezvous = tempfile.mkdtemp(prefix="fmlab-launch-")
+    store_file = os.path.join(rendezvous, "store")
     ctx = mp.get_context("fork")
     procs, conns = [], []
     with warnings.catch_warnings():
@@ -145,32 +153,15 @@ def launch(fn: Callable, *args, world_size: int = 2, backend: str | None = None,
         for rank in range(world_size):
             recv, send = ctx.Pipe(duplex=False)
             p = ctx.Process(target=_rank_main, daemon=True,
-                            args=(rank, world_size, port, backend, timeout, threads, fn, args, send))
+                            args=(rank, world_size, store_file, backend, timeout, threads, fn, args,
+                                  send))
             p.start()
             send.close()
             procs.append(p)
             conns.append(recv)
-    results, failures = [None] * world_size, []
+    results, failures = [None] * world_size, {}
     try:
-        import time
-
-        deadline = time.monotonic() + timeout + 10
-        for rank, conn in enumerate(conns):
-            left = deadline - time.monotonic()
-            if not conn.poll(max(left, 0)):
-                raise TimeoutError(
-                    f"rank {rank} of {world_size} gave no result within {timeout:g} s (a "
-                    f"collective that another rank never joined waits forever: check that every "
-                    f"rank calls the same collectives in the same order)")
-            try:
-                kind, value = pickle.loads(conn.recv_bytes())
-            except EOFError:
-                kind, value = "error", f"rank {rank} died without a result (exit code " \
-                                       f"{procs[rank].exitcode})"
-            if kind == "ok":
-                results[rank] = value
-            else:
-                failures.append(f"--- rank {rank} ---\n{value}")
+        _collect(procs, conns, results, failures, timeout)
     finally:
         for p in procs:
             p.join(timeout=5)
@@ -179,14 +170,57 @@ def launch(fn: Callable, *args, world_size: int = 2, backend: str | None = None,
                 p.join()
         for c in conns:
             c.close()
-    del store
+        shutil.rmtree(rendezvous, ignore_errors=True)
     if failures:
-        # The first line names a cause: a report that shows one line shows what went wrong.
-        first = failures[0].strip().splitlines()
-        cause = f"{first[0].strip('- ')}: {first[-1]}" if len(first) > 1 else first[0]
-        raise RankFailed(f"{len(failures)} of {world_size} ranks raised; {cause}\n"
-                         + "\n".join(failures))
+        raise RankFailed(_failure_message(failures, world_size))
     return results
+
+
+def _failure_message(failures: dict[int, str], world_size: int) -> str:
+    """The first line names a cause (a report that shows one line shows what went wrong),
+    then every failing rank's traceback."""
+    rank = min(failures)
+    last = failures[rank].strip().splitlines()[-1]
+    return (f"{len(failures)} of {world_size} ranks failed; rank {rank}: {last}\n"
+            + "\n".join(f"--- rank {r} ---\n{failures[r]}" for r in sorted(failures)))
+
+
+def _collect(procs, conns, results: list, failures: dict, timeout: float) -> None:
+    """Read each rank's answer as it comes. Once a rank has failed, the others get
+    :data:`GRACE` seconds more (they may be waiting for it in a collective), then are stopped."""
+    import time
+    from multiprocessing.connection import wait
+
+    world_size = len(conns)
+    waiting = dict(enumerate(conns))
+    deadline = time.monotonic() + timeout + 10
+    while waiting:
+        left = deadline - time.monotonic()
+        if failures:
+            left = min(left, GRACE)
+        ready = wait(list(waiting.values()), timeout=max(left, 0))
+        if not ready:
+            silent = sorted(waiting)
+            if failures:
+                for r in silent:
+                    failures[r] = (f"stopped: no answer {GRACE:g} s after another rank failed "
+                                   f"(waiting for it in a collective?)")
+                return
+            raise TimeoutError(
+                f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))} of "
+                f"{world_size} gave no result within {timeout:g} s (a collective that another "
+                f"rank never joined waits forever: check that every rank calls the same "
+                f"collectives in the same order)")
+        for rank in [r for r, c in waiting.items() if c in ready]:
+            try:
+                kind, value = pickle.loads(waiting.pop(rank).recv_bytes())
+            except EOFError:
+                kind, value = "error", (f"rank {rank} died without a result (exit code "
+                                        f"{procs[rank].exitcode})")
+            if kind == "ok":
+                results[rank] = value
+            else:
+                failures[rank] = value
 
 
 def rank_device() -> torch.device:
