@@ -3,8 +3,9 @@
 The parent keeps the clock (a forged progress line ends a case without its result, and the
 next case's clock runs), sends each case's inputs only when the case begins (so the notebook's
 cells cannot find them), reads each result as it arrives with a size cap and drops it once
-graded, and keeps what the notebook says to a few short notes marked as the notebook's own. And
-correct work keeps its marks: a float64 answer where the lab states no dtype.
+graded, and keeps what the notebook says to a few short notes marked as the notebook's own; it
+runs a checks file once, and again when the file changes. And correct work keeps its marks: a
+float64 answer where the lab states no dtype.
 
 The submissions are built in tests/fixtures/attacks.py.
 """
@@ -249,3 +250,17 @@ def test_a_result_file_is_read_once_and_bounded(tmp_path):
     assert error is None and value.shape == (1 << 20,)
     value, error = _load_result(path, 1)
     assert value is None and "at most 1 MB may come back" in error, error
+
+
+def test_a_checks_file_runs_once_per_grader_and_again_when_edited(tmp_path):
+    """What a checks file caches (a reference model its prepare trains) is computed once for
+    all the submissions a grader grades; an edited file is run again."""
+    from fmlab.grading.grader import _checks_module
+
+    source = (ROOT / "labs" / "checks" / "losses.py").read_text()
+    path = tmp_path / "losses.py"
+    path.write_text(source)
+    first = _checks_module(path)
+    assert _checks_module(path) is first
+    path.write_text(source + "\n# edited\n")
+    assert _checks_module(path) is not first
