@@ -50,34 +50,6 @@ class RankFailed(RuntimeError):
     """A rank of :func:`launch` raised: the message holds that rank's traceback."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (the process group's rendezvous)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def loopback_up() -> bool:
-    """Bring the loopback interface up, as a fresh network namespace leaves it down.
-
-    True when it is up afterwards. Inside such a namespace the processes reach each other on
-    127.0.0.1 and nothing else; outside one the interface is already up and nothing changes.
-    """
-    import fcntl
-    import struct
-
-    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        flags = struct.unpack("16sh", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sh", b"lo", 0)))[1]
-        if flags & IFF_UP:
-            return True
-        try:
-            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | IFF_UP))
-        except OSError:
-            return False
-        return True
-
-
 def default_backend() -> str:
     """NCCL where CUDA and NCCL are there (one GPU per rank), else gloo."""
     return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
@@ -495,7 +467,7 @@ def optimizer_state_bytes(optimizer) -> int:
     return sum(t.numel() * t.element_size() for t in local)
 
 
-__all__ = ["SIZES", "RankFailed", "launch", "free_port", "loopback_up", "default_backend",
+__all__ = ["SIZES", "RankFailed", "launch", "default_backend",
            "rank_device", "ring_all_reduce", "tcp_bytes_sent", "tcp_bytes_sent_since",
            "broadcast_parameters", "all_reduce_gradients", "BucketedGradSync",
            "ShardedOptimizer", "optimizer_state_bytes"]
